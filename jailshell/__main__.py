@@ -1,0 +1,3 @@
+from jailshell.cli import main
+
+raise SystemExit(main())

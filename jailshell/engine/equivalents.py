@@ -1,0 +1,224 @@
+"""The docker and raw commands equivalent to each engine step.
+
+Generated from the same parameters the engine used (the jail's PID, its
+root, what it has unshared so far, the mount table in steps.SPECIAL_MOUNTS),
+so what the learner is shown cannot drift from what was done. The raw
+commands target the live jail by PID and work when pasted into a second root
+terminal; where no util-linux command can change *another* process (unshare,
+chroot), the raw form is the command that builds the same jail from scratch.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jailshell.engine import steps
+from jailshell.engine.namespaces import BY_KIND, lookup
+
+if TYPE_CHECKING:
+    from jailshell.engine.jail import Jail
+
+
+@dataclass(frozen=True)
+class Equivalents:
+    docker: str
+    raw: list[str] = field(default_factory=list)
+    where: str = "host"  # where the raw commands run: "host" (a second root terminal) or "jail"
+    note: str = ""
+
+
+def q(arg: str | object) -> str:
+    return shlex.quote(str(arg))
+
+
+def unshare_cmdline(kinds: Sequence[str], *, chroot_to: str | None = None, cmd: Sequence[str] = ("sh",)) -> str:
+    """util-linux unshare(1) creating these namespaces (all at once, in one process)."""
+    parts = ["unshare"]
+    for kind in kinds:
+        parts.append(BY_KIND[kind].unshare_flag)
+    if "pid" in kinds:
+        parts.append("--fork")  # unshare(CLONE_NEWPID) only moves children: the shell must be one
+    if "user" in kinds:
+        parts.append("--map-root-user")
+    if chroot_to:
+        parts += ["chroot", q(chroot_to)]
+    parts += [q(c) for c in cmd]
+    return " ".join(parts)
+
+
+def nsenter_prefix(jail: Jail, kinds: Sequence[str] | None = None, *, root: bool = True) -> str:
+    """nsenter into the live jail's namespaces (those it has unshared) and root."""
+    parts = ["nsenter", "--target", str(jail.pid)]
+    for kind in kinds if kinds is not None else jail.state.unshared:
+        flag = BY_KIND[kind].nsenter_flag
+        if flag not in parts:
+            parts.append(flag)
+    if root and jail.state.root_mode != "host":
+        parts += ["--root", "--wd"]
+    return " ".join(parts)
+
+
+DOCKER_NS = {
+    "uts": "docker run -it --hostname jail busybox sh    # a new UTS namespace is the default (--uts=host shares the host's)",
+    "pid": "docker run -it busybox sh    # a new PID namespace is the default (--pid=host shares the host's)",
+    "mnt": "docker run -it busybox sh    # always a new mount namespace",
+    "ipc": "docker run -it --ipc=private busybox sh    # (--ipc=host shares the host's)",
+    "net": "docker run -it --network=none busybox sh    # a new, empty network namespace",
+    "user": "dockerd --userns-remap=default    # docker uses a user namespace only when the daemon is set up for it",
+    "cgroup": "docker run -it --cgroupns=private busybox sh    # the default on cgroup v2",
+}
+
+
+def for_create(jail: Jail) -> Equivalents:
+    img = jail.image
+    if getattr(jail, "rootfs_mode", "overlay") == "overlay":
+        mk = (f"mount -t overlay overlay -o lowerdir={img.rootfs},upperdir={jail.dir}/upper,workdir={jail.dir}/work "
+              f"{jail.rootfs}")
+    else:
+        mk = f"cp -a {img.rootfs}/. {jail.rootfs}"
+    return Equivalents(
+        docker=f"docker create -it {img.ref} sh",
+        raw=[f"mkdir -p {jail.rootfs} {jail.dir}/upper {jail.dir}/work", mk,
+             f"sh    # jailshell's holder is this process: PID {jail.pid}"],
+        note="a private, writable copy of the image's files; the process is not isolated at all yet",
+    )
+
+
+def for_unshare(jail: Jail, kind: str) -> Equivalents:
+    ns = lookup(kind)
+    chroot_to = str(jail.rootfs) if jail.state.root_mode != "host" else None
+    return Equivalents(
+        docker=DOCKER_NS[ns.kind],
+        raw=[unshare_cmdline(jail.state.unshared, chroot_to=chroot_to),
+             f"readlink /proc/{jail.pid}/ns/{ns.proc_name} /proc/$$/ns/{ns.proc_name}    # jail vs this shell"],
+        note="the first line builds the jail so far from scratch (no command can unshare another process); "
+             "the second compares namespace inodes",
+    )
+
+
+def for_sethostname(jail: Jail, name: str) -> Equivalents:
+    return Equivalents(docker=f"docker run -it --hostname {q(name)} busybox sh",
+                       raw=[f"nsenter --target {jail.pid} --uts hostname {q(name)}"])
+
+
+def for_mount(jail: Jail, what: str, *, source: str | None = None, target: str | None = None,
+              readonly: bool = False) -> Equivalents:
+    kinds = [k for k in jail.state.unshared if k in ("user", "mnt", "pid")]
+    prefix = nsenter_prefix(jail, kinds)
+    if what == "bind":
+        tgt = target if jail.state.root_mode != "host" else f"{jail.rootfs}{target}"
+        raw = [f"{prefix} mount --bind {q(source)} {q(tgt)}"]
+        if readonly:
+            raw.append(f"{prefix} mount -o remount,bind,ro {q(tgt)}")
+        return Equivalents(docker=f"docker run -v {source}:{target}{':ro' if readonly else ''} busybox sh", raw=raw)
+    m = steps.SPECIAL_MOUNTS[what]
+    tgt = m.target if jail.state.root_mode != "host" else f"{jail.rootfs}{m.target}"
+    raw = []
+    # The engine creates a missing mount point; so must the shown commands.
+    if not os.path.isdir(f"/proc/{jail.pid}/root{tgt}"):
+        raw.append(f"{prefix} mkdir -p {tgt}")
+    raw.append(f"{prefix} {steps.mount_command(m, tgt)}")
+    if what == "dev":
+        raw += [f"{prefix} {cmd}" for cmd in dev_commands(tgt)]
+    docker = {
+        "tmp": "docker run --tmpfs /tmp busybox sh",
+        "sys": "docker run busybox sh    # /sys is mounted read-only by default",
+    }.get(what, f"docker run busybox sh    # docker mounts {m.target} by default")
+    return Equivalents(docker=docker, raw=raw, note=m.why)
+
+
+def dev_commands(base: str) -> list[str]:
+    """What `mount dev` does after mounting the tmpfs (steps._populate_dev)."""
+    return ([f"mknod -m 666 {base}/{n} c {maj} {mi}" for n, maj, mi in steps.DEV_NODES]
+            + [f"ln -s {dest} {base}/{n}" for n, dest in steps.DEV_LINKS]
+            + [f"mkdir {' '.join(f'{base}/{d}' for d in steps.DEV_DIRS)}"])
+
+
+def mask_commands() -> list[str]:
+    """What steps.mask_paths does, as shell loops that skip what this kernel lacks."""
+    return [
+        f"for p in {' '.join(steps.MASKED_PATHS)}; do if [ -d $p ]; then mount -t tmpfs -o ro tmpfs $p; "
+        "elif [ -e $p ]; then mount --bind /dev/null $p; fi; done",
+        f"for p in {' '.join(steps.READONLY_PATHS)}; do if [ -e $p ]; then mount --bind $p $p && "
+        "mount -o remount,bind,ro $p; fi; done",
+    ]
+
+
+def for_mask(jail: Jail) -> Equivalents:
+    prefix = nsenter_prefix(jail, [k for k in jail.state.unshared if k in ("user", "mnt", "pid")])
+    return Equivalents(docker="docker run busybox sh    # masked and read-only paths are docker's default "
+                              "(--security-opt systempaths=unconfined turns them off)",
+                       raw=[f"{prefix} sh -c {q(c)}" for c in mask_commands()],
+                       note="host kernel files hidden (/dev/null or an empty tmpfs on top), kernel knobs read-only")
+
+
+def for_chroot(jail: Jail) -> Equivalents:
+    return Equivalents(
+        docker="(docker never uses chroot: it uses pivot_root)",
+        raw=[unshare_cmdline(jail.state.unshared, chroot_to=str(jail.rootfs)) if jail.state.unshared
+             else f"chroot {q(jail.rootfs)} sh"],
+        note="chroot changes one process's idea of '/'; nothing else",
+    )
+
+
+def for_pivot_root(jail: Jail) -> Equivalents:
+    r = q(jail.rootfs)
+    script = f"mount --rbind {r} {r} && cd {r} && pivot_root . . && umount -l ."
+    prefix = nsenter_prefix(jail, [k for k in jail.state.unshared if k in ("user", "mnt")], root=False)
+    return Equivalents(
+        docker="docker run -it busybox sh    # runc always switches the root with pivot_root",
+        raw=[f"{prefix} sh -c {q(script)}"],
+        note="pivot_root moves the root of every process in the mount namespace whose root was the old one",
+    )
+
+
+def for_exec(jail: Jail, argv: Sequence[str]) -> Equivalents:
+    cmd = " ".join(q(a) for a in argv)
+    return Equivalents(docker=f"docker exec -it CONTAINER {cmd}",
+                       raw=[f"{nsenter_prefix(jail)} {cmd}"], where="host")
+
+
+def for_step(op: str, jail: Jail, **params: Any) -> Equivalents:
+    """One entry point: op is the engine method's name."""
+    table = {
+        "create": lambda: for_create(jail),
+        "unshare": lambda: for_unshare(jail, params["kind"]),
+        "sethostname": lambda: for_sethostname(jail, params["name"]),
+        "mount": lambda: for_mount(jail, params["what"], source=params.get("source"), target=params.get("target"),
+                                   readonly=params.get("readonly", False)),
+        "chroot": lambda: for_chroot(jail),
+        "pivot_root": lambda: for_pivot_root(jail),
+        "mask": lambda: for_mask(jail),
+        "exec": lambda: for_exec(jail, params["argv"]),
+        "shell": lambda: for_exec(jail, ["/bin/sh"]),
+    }
+    if op not in table:
+        raise KeyError(f"no equivalents for {op!r}")
+    return table[op]()
+
+
+def for_run(spec: Any, kinds: Sequence[str], rootfs: str, image_ref: str) -> Equivalents:
+    """What `jailshell run` does, as docker run and as one util-linux command line."""
+    from jailshell.engine.run import DEFAULT_MOUNTS
+
+    r = q(rootfs)
+    setup = [f"mount --rbind {r} {r}", f"cd {r}"]
+    for name in DEFAULT_MOUNTS:
+        m = steps.SPECIAL_MOUNTS[name]
+        setup.append(steps.mount_command(m, "." + m.target))
+        if name == "dev":
+            setup += dev_commands("./dev")
+    hostname = spec.hostname or spec.name or "jail"
+    setup += ["ip link set lo up", f"hostname {q(hostname)}", "pivot_root . .", "umount -l .", *mask_commands(),
+              "exec " + " ".join(q(a) for a in (spec.argv or ["/bin/sh"]))]
+    flags = "--rm " if spec.rm else ""
+    flags += f"--hostname {q(hostname)} " if spec.hostname else ""
+    flags += f"--name {q(spec.name)} " if spec.name else ""
+    return Equivalents(
+        docker=f"docker run {flags}--network none {image_ref} " + " ".join(q(a) for a in spec.argv),
+        raw=[unshare_cmdline(kinds, cmd=["sh", "-c", " && ".join(setup)])],
+    )

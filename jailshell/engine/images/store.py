@@ -1,0 +1,262 @@
+"""The local image store.
+
+Layout under DATA_DIR/images/<name with / as %2F>/<tag>/:
+  rootfs/      the flattened root filesystem (what `docker export` would give)
+  image.json   {"name", "tag", "source", "config": OCI image config "config"
+               object (Env, Cmd, Entrypoint, WorkingDir, ...), "layers": [...],
+               and what the importer knew: "layer_info", "architecture", ...}
+and, shared by all images, named by digest:
+  .blobs/sha256/<hex>    registry downloads (manifests, configs, layers)
+  .layers/sha256/<hex>/  one layer alone, for overlayfs lowerdirs (optional)
+
+An image appears atomically: it is built in a temporary sibling directory and
+renamed into place, so an interrupted import never leaves half an image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jailshell import paths
+from jailshell.errors import InvalidInput, JailshellError
+
+DEFAULT_IMAGE = "busybox"
+# docker's tag grammar, or a digest (an image pulled by digest is stored under it)
+_TAG_RE = re.compile(r"^([\w][\w.-]{0,127}|sha256:[0-9a-f]{64}|sha512:[0-9a-f]{128})$")
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """'alpine:3.10' -> ('alpine', '3.10'); 'busybox' -> ('busybox', 'latest').
+    A registry host with a port ('127.0.0.1:5000/x:1') keeps its colon."""
+    if not ref or ref.strip() != ref or any(c in ref for c in " \t\n"):
+        raise InvalidInput(f"invalid image reference {ref!r}")
+    name, tag = ref, "latest"
+    if "@" in ref:
+        name, tag = ref.split("@", 1)
+    else:
+        last = ref.rsplit("/", 1)[-1]
+        if ":" in last:
+            name, tag = ref.rsplit(":", 1)
+    if not name or name.startswith((".", "/")) or ".." in name or not _TAG_RE.match(tag):
+        raise InvalidInput(f"invalid image reference {ref!r}")
+    return name, tag
+
+
+def _ref(name: str, tag: str) -> str:
+    # An image pulled by digest is stored with the digest as its tag: name@sha256:...
+    return f"{name}@{tag}" if ":" in tag else f"{name}:{tag}"
+
+
+def _dirname(name: str) -> str:
+    return name.replace("%", "%25").replace("/", "%2F")
+
+
+@dataclass
+class Image:
+    name: str
+    tag: str
+    path: Path
+    source: str = ""
+    config: dict[str, Any] = field(default_factory=dict)
+    layers: list[str] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)  # all of image.json
+
+    @property
+    def ref(self) -> str:
+        return _ref(self.name, self.tag)
+
+    @property
+    def rootfs(self) -> Path:
+        return self.path / "rootfs"
+
+    def default_command(self) -> list[str]:
+        entry = self.config.get("Entrypoint") or []
+        cmd = self.config.get("Cmd") or []
+        return list(entry) + list(cmd) or ["/bin/sh"]
+
+    def env(self) -> list[str]:
+        return list(self.config.get("Env") or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
+
+
+class ImageStore:
+    def __init__(self, root: Path | None = None):
+        self.root = root or paths.data_dir() / "images"
+
+    def _path(self, name: str, tag: str) -> Path:
+        return self.root / _dirname(name) / tag
+
+    def get(self, ref: str) -> Image | None:
+        name, tag = parse_ref(ref)
+        path = self._path(name, tag)
+        meta = path / "image.json"
+        if not meta.is_file():
+            return None
+        data = json.loads(meta.read_text())
+        return Image(name, tag, path, data.get("source", ""), data.get("config") or {}, data.get("layers") or [],
+                     data)
+
+    def resolve(self, ref: str | None = None) -> Image:
+        """The image for ref, building the embedded default on first use."""
+        ref = ref or DEFAULT_IMAGE
+        image = self.get(ref)
+        if image is not None:
+            return image
+        if parse_ref(ref) == parse_ref(DEFAULT_IMAGE):
+            from jailshell.engine.images.embedded import build_default
+
+            return build_default(self)
+        raise JailshellError(
+            f"unknown image '{ref}'",
+            hint="see `jailshell image ls`; import one with `jailshell image import FILE --name NAME:TAG`",
+        )
+
+    def images(self) -> Iterator[Image]:
+        if not self.root.is_dir():
+            return
+        for name_dir in sorted(self.root.iterdir()):
+            if name_dir.name.startswith("."):
+                continue
+            for tag_dir in sorted(name_dir.iterdir()):
+                name = name_dir.name.replace("%2F", "/").replace("%25", "%")
+                image = self.get(_ref(name, tag_dir.name)) if not tag_dir.name.startswith(".") else None
+                if image:
+                    yield image
+
+    def staging(self) -> Path:
+        """A fresh temporary directory on the same filesystem as the store.
+        Its name holds our PID, so `image prune` can tell a dead import's leftovers."""
+        paths.ensure_dir(self.root)
+        return Path(tempfile.mkdtemp(prefix=f".staging-{os.getpid()}-", dir=self.root))
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.root / ".blobs"
+
+    def layer_dir(self, digest: str) -> Path:
+        algorithm, _, hexpart = digest.partition(":")
+        return self.root / ".layers" / algorithm / hexpart
+
+    def commit(self, staging: Path, name: str, tag: str, *, source: str, config: dict[str, Any] | None = None,
+               layers: list[str] | None = None, extra: dict[str, Any] | None = None) -> Image:
+        """Move a fully built staging dir (holding rootfs/) into place, atomically."""
+        meta = {**(extra or {}), "name": name, "tag": tag, "source": source, "config": config or {},
+                "layers": layers or []}
+        (staging / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
+        dest = self._path(name, tag)
+        paths.ensure_dir(dest.parent)
+        old = None
+        if dest.exists():
+            old = dest.with_name(f".old-{tag}-{os.getpid()}")
+            os.rename(dest, old)
+        os.rename(staging, dest)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        image = self.get(_ref(name, tag))
+        assert image is not None
+        return image
+
+    def remove(self, ref: str) -> None:
+        name, tag = parse_ref(ref)
+        path = self._path(name, tag)
+        if not (path / "image.json").exists():
+            raise JailshellError(f"unknown image '{ref}'", hint="see `jailshell image ls`")
+        trash = path.with_name(f".rm-{tag}-{os.getpid()}")
+        os.rename(path, trash)
+        shutil.rmtree(trash)
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
+
+    def lowerdirs(self, image: Image) -> list[Path]:
+        """The image's layer directories as overlayfs wants them in lowerdir=:
+        the top layer first. Empty when the image was stored flattened only."""
+        dirs = [self.root / rel for rel in image.meta.get("layer_dirs") or []]
+        if not dirs or not all(d.is_dir() for d in dirs):
+            return []
+        return dirs[::-1]
+
+    def prune(self, *, min_age: float = 600.0) -> PruneReport:
+        """Remove what no image uses: cached blobs and layer directories, tags
+        pointing at removed blobs, and the leftovers of imports that died
+        (staging directories of processes that are gone). Partial downloads
+        are kept for min_age seconds, so a pull running now can resume them."""
+        report = PruneReport()
+        used: set[str] = set()
+        layer_dirs: set[Path] = set()
+        for image in self.images():
+            used.update(image.layers)
+            used.update(image.meta.get("blobs") or [])
+            used.update(info.get("digest", "") for info in image.meta.get("layer_info") or [])
+            layer_dirs.update(self.root / rel for rel in image.meta.get("layer_dirs") or [])
+        now = time.time()
+        blob_root = self.blobs_dir
+        for algo_dir in sorted(blob_root.glob("sha*")):
+            for f in algo_dir.iterdir():
+                digest = f"{algo_dir.name}:{f.name}"
+                if f.suffix == ".part" or ".tmp" in f.name:
+                    if now - f.stat().st_mtime < min_age:
+                        continue
+                elif digest in used:
+                    continue
+                report.add(f"blob {digest}" if "." not in f.name else f"partial download {f.name}", f)
+        tags = blob_root / "tags"
+        if tags.is_dir():
+            for f in sorted(tags.rglob("*")):
+                if f.is_file():
+                    digest = f.read_text().strip()
+                    algorithm, _, hexpart = digest.partition(":")
+                    if not (blob_root / algorithm / hexpart).is_file():
+                        report.add(f"tag {f.relative_to(tags)}", f)
+        layers_root = self.root / ".layers"
+        for d in sorted(layers_root.glob("*/*")):
+            if d not in layer_dirs:
+                report.add(f"layer directory {d.parent.name}:{d.name}", d)
+        # commit() and remove() leave .old-TAG-PID / .rm-TAG-PID beside the tag
+        # for an instant; staging() makes .staging-PID-* at the top.
+        for d in sorted(self.root.glob(".staging-*")) if self.root.is_dir() else []:
+            m = re.match(r"^\.staging-(\d+)-", d.name)
+            if m and not _pid_alive(int(m.group(1))):
+                report.add(f"leftover {d.name} of an import that died", d)
+        for d in sorted(self.root.glob("*/.*-*")) if self.root.is_dir() else []:
+            m = re.match(r"^\.(?:old|rm)-.*-(\d+)$", d.name)
+            if m and not d.parent.name.startswith(".") and not _pid_alive(int(m.group(1))):
+                report.add(f"leftover {d.parent.name}/{d.name}", d)
+        return report
+
+
+def _pid_alive(pid: int) -> bool:
+    return pid == os.getpid() or os.path.exists(f"/proc/{pid}")
+
+
+@dataclass
+class PruneReport:
+    removed: list[str] = field(default_factory=list)
+    freed: int = 0
+
+    def add(self, what: str, path: Path) -> None:
+        """Remove path (file or tree), counting its bytes."""
+        size = 0
+        if path.is_dir() and not path.is_symlink():
+            for dirpath, _dirs, files in os.walk(path):
+                for name in files:
+                    try:
+                        size += os.lstat(os.path.join(dirpath, name)).st_size
+                    except OSError:
+                        pass
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            try:
+                size = path.lstat().st_size
+                path.unlink()
+            except FileNotFoundError:
+                return
+        self.removed.append(what)
+        self.freed += size
