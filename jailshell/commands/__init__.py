@@ -1,0 +1,1 @@
+"""REPL commands: a registry of Command records whose handlers return data."""

@@ -1,0 +1,99 @@
+"""Everything a command handler may use, and the one dispatcher.
+
+The REPL, piped input, `jailshell play` and the tests all go through
+Workspace.run_line, so a command behaves the same wherever it is typed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from jailshell.commands.registry import Registry
+from jailshell.commands.results import CheckOutcome, Results, StepReport
+from jailshell.commands.session import JailSession
+from jailshell.errors import JailshellError
+
+if TYPE_CHECKING:
+    from jailshell.commands.tutor import Tutor
+    from jailshell.context import AppContext
+    from jailshell.lessons.checks import CheckRegistry
+
+
+@contextlib.contextmanager
+def step_not_interruptible() -> Iterator[None]:
+    """Hold Ctrl-C while one request to the jail's holder is in flight.
+
+    A request and its reply are one exchange on the holder's socket: cut in
+    between, the next request would read the previous reply. The step is
+    short (one syscall in the holder); the interrupt is delivered right after
+    it, between steps, where the jail's state is whole."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    old = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+    if caught:
+        raise KeyboardInterrupt
+
+
+class Workspace:
+    def __init__(self, ctx: AppContext, registry: Registry, checks: CheckRegistry, tutor: Tutor | None = None,
+                 image: str | None = None):
+        self.ctx = ctx
+        self.registry = registry
+        self.checks = checks
+        self.tutor = tutor
+        self.session = JailSession(ctx.jail_factory, image)
+        # While rebuilding a jail from the record, no snapshots and no output.
+        self.replaying = False
+        # The lesson step whose commands are running (recorded with what they do).
+        self.origin: tuple[str, str] | None = None
+
+    def run_line(self, line: str) -> Any:
+        """Parse and run one command line; returns the handler's result (None for
+        a blank line). User errors are raised as JailshellError."""
+        parsed = self.registry.parse(line)
+        if parsed is None:
+            return None
+        cmd, args = parsed
+        if cmd.needs_tty and not self.ctx.interactive:
+            raise JailshellError(f"'{cmd.name}' needs a terminal (input is not one here)",
+                                 hint="use `exec CMD` to run a command in the jail")
+        result = cmd.handler(self, args)
+        if isinstance(result, StepReport) and not self.replaying and self.origin is None and self.tutor is not None:
+            solved = self.tutor.try_solved(self)
+            if solved is not None:
+                return Results([result, solved])
+        return result
+
+    def replay(self, lines: Iterable[tuple[str, tuple[str, str] | None]]) -> int:
+        """Start a fresh jail and run these (line, lesson step or None) on it
+        quietly. Returns how many ran; a failure stops the replay (the jail then
+        holds the lines before it) and is raised."""
+        self.session.fresh()
+        self.replaying, saved = True, self.origin
+        count = 0
+        try:
+            for line, origin in lines:
+                self.origin = origin
+                self.run_line(line)
+                count += 1
+        finally:
+            self.replaying, self.origin = False, saved
+        return count
+
+    def evaluate(self, check: str, kind: str = "step") -> CheckOutcome:
+        jail, _ = self.session.ensure()
+        v = self.checks.evaluate(check, jail)
+        return CheckOutcome(check, v.ok, v.detail, kind)
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,1 @@
+"""Lessons: the course as validated data, checks on live state, progress, play/lint/handout."""

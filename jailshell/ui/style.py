@@ -1,0 +1,60 @@
+"""Colours, in one place: the rich theme for what is printed, the
+prompt_toolkit style for the prompt line and the toolbar. Only names are
+used elsewhere (pgcli's way: the toolbar returns (class, text) pairs)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prompt_toolkit.styles import Style
+    from rich.theme import Theme
+
+RICH_STYLES = {
+    "js.title": "bold",
+    "js.rule": "cyan",
+    "js.label": "bold cyan",
+    "js.where": "cyan",
+    "js.jailshell": "bold green",
+    "js.note": "dim",
+    "js.changed": "bold yellow",
+    "js.isolated": "green",
+    "js.shared": "dim",
+    "js.ok": "green",
+    "js.warn": "yellow",
+    "js.error": "bold red",
+    "js.hint": "italic",
+    "js.key": "bold",
+    "js.task": "magenta",
+    "js.done": "green",
+    "js.current": "bold yellow",
+}
+
+PROMPT_STYLES = {
+    "prompt": "ansicyan bold",
+    "prompt.jail": "ansigreen bold",
+    "command": "ansigreen bold",
+    "command.unknown": "ansired",
+    "argument": "",
+    "option": "ansiyellow",
+    "comment": "italic ansibrightblack",
+    "bottom-toolbar": "noreverse bg:#303030 #d0d0d0",
+    "bottom-toolbar.jail": "bg:#303030 #87d787 bold",
+    "bottom-toolbar.off": "bg:#303030 #a0a0a0 italic",
+    "bottom-toolbar.ns": "bg:#303030 #ffd75f",
+    "bottom-toolbar.lesson": "bg:#303030 #87afff",
+    "bottom-toolbar.key": "bg:#303030 #ffffff bold",
+    "bottom-toolbar.sep": "bg:#303030 #606060",
+}
+
+
+def rich_theme() -> Theme:
+    from rich.theme import Theme
+
+    return Theme(RICH_STYLES)
+
+
+def prompt_style() -> Style:
+    from prompt_toolkit.styles import Style
+
+    return Style.from_dict(PROMPT_STYLES)
