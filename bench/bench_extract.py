@@ -18,7 +18,10 @@ disk hides the CPU cost.
 Pull: a docker-registry on 127.0.0.1 holds the same image (gzip layers,
 pushed by skopeo); `skopeo copy docker://... oci:DIR` (download, verify,
 write blobs) against `jailshell image pull` (download, verify, extract the
-root filesystem), each from nothing cached.
+root filesystem), each from nothing cached. skopeo writes a few blobs where
+the pull writes every file of the image, so a third peer does the pull's
+whole job: `skopeo copy` then `umoci unpack` (layers and whiteouts applied
+into a root filesystem).
 
 Alone: python -m bench.bench_extract [--quick]   (prints the comparison)
 """
@@ -235,15 +238,20 @@ def pull_rows(ctx: Context, plain: list[Path], gz: list[Path], runs: int) -> lis
         ref = f"127.0.0.1:{port}/bench:1"
         subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--dest-tls-verify=false",
                         f"oci:{layout}:bench", f"docker://{ref}"], check=True)
-        times: dict[str, list[float]] = {"skopeo": [], "jailshell": []}
+        unpack = shutil.which("umoci") is not None and os.geteuid() == 0
+        peers = ("skopeo", "jailshell", *(("skopeo+umoci",) if unpack else ()))
+        times: dict[str, list[float]] = {who: [] for who in peers}
         for i in range(runs + 1):
-            for who in (("skopeo", "jailshell") if i % 2 == 0 else ("jailshell", "skopeo")):
+            for who in (peers if i % 2 == 0 else peers[::-1]):
                 dest = base / f"{who}-{i}"
                 os.sync()
                 start = time.perf_counter()
-                if who == "skopeo":
+                if who.startswith("skopeo"):
                     subprocess.run(["skopeo", "--insecure-policy", "copy", "-q", "--src-tls-verify=false",
                                     f"docker://{ref}", f"oci:{dest}:bench"], check=True)
+                    if who == "skopeo+umoci":
+                        subprocess.run(["umoci", "unpack", "--image", f"{dest}:bench", str(dest / "bundle")],
+                                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 else:
                     from jailshell.engine.images.registry import pull
                     from jailshell.engine.images.store import ImageStore
@@ -257,13 +265,23 @@ def pull_rows(ctx: Context, plain: list[Path], gz: list[Path], runs: int) -> lis
         proc.terminate()
         proc.wait(10)
     ratio = statistics.median(times["skopeo"]) / statistics.median(times["jailshell"])
-    return [
+    rows = [
         timed_row("pull.skopeo", GROUP, what_skopeo, times["skopeo"]),
         timed_row("pull.jailshell", GROUP, what_ours, times["jailshell"]),
         Row("pull.ratio", GROUP, "pull speed vs skopeo copy from the same loopback registry (target ≥ 1×)", "×",
             ratio, n=len(times["skopeo"]),
             note=f"{'met' if ratio >= 1 else 'missed'}: skopeo's median / jailshell's median; jailshell also "
                  "extracts the root filesystem, skopeo only stores the blobs"),
+    ]
+    what_unpack = "skopeo copy ... oci:DIR && umoci unpack --image DIR:bench BUNDLE (the same work as the pull)"
+    if "skopeo+umoci" not in times:
+        return [*rows, skipped("pull.skopeo_umoci", GROUP, what_unpack, "umoci not installed, or not root")]
+    same = statistics.median(times["skopeo+umoci"]) / statistics.median(times["jailshell"])
+    return [
+        *rows,
+        timed_row("pull.skopeo_umoci", GROUP, what_unpack, times["skopeo+umoci"]),
+        Row("pull.ratio_unpacked", GROUP, "pull speed vs skopeo copy + umoci unpack (both extract the root)", "×",
+            same, n=len(times["skopeo+umoci"]), note="skopeo+umoci's median / jailshell's median"),
     ]
 
 

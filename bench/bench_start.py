@@ -9,7 +9,9 @@ Rows (group "start"), in the table's order:
   crun, runc     `run` of an OCI bundle made by `runc spec`
   docker         docker run --rm --network none
   jailshell_run  jailshell run --rm -- /bin/true, the whole process
+  jailshell_run_full  the same with --image busybox: run.run()'s path, not the plain one
   engine         jailshell.engine.run.run() in a loop in one Python process
+  engine_plain   jailshell.engine.runfast.run_plain(), what `jailshell run --rm` runs, the same way
 and (group "python") what a Python program pays before it does anything:
   python_bare    python -I -S -c pass: the interpreter alone
   python_start   the venv's python -c pass
@@ -27,6 +29,7 @@ from pathlib import Path
 
 from bench import floor, peers
 from bench.common import (
+    OK,
     BenchError,
     Context,
     Row,
@@ -39,7 +42,8 @@ from bench.common import (
 )
 
 G = "start"
-RUN_IMPORTS = "import jailshell.cli, jailshell.engine.cli_run, jailshell.engine.run"
+# What `jailshell run --rm -- /bin/true` imports (tests/engine/test_runfast.py keeps it to these).
+RUN_IMPORTS = "import jailshell.cli, jailshell.engine.cli_run, jailshell.engine.runfast"
 
 
 def run(ctx: Context) -> list[Row]:
@@ -100,6 +104,10 @@ def run(ctx: Context) -> list[Row]:
     add("python.imports", f"python -c '{RUN_IMPORTS}'", lambda i: [py, "-c", RUN_IMPORTS], ctx.runs(50))
     argv = [*jailshell_argv(), "run", "--rm", "--", "/bin/true"]
     add(f"{G}.jailshell_run", "jailshell run --rm -- /bin/true (whole process)", lambda i: argv, ctx.runs(50))
+    # Any option beyond the plain path's (here --image) goes through run.run() and its imports.
+    argv_full = [*jailshell_argv(), "run", "--rm", "--image", "busybox", "--", "/bin/true"]
+    add(f"{G}.jailshell_run_full", "jailshell run --rm --image busybox -- /bin/true (whole process, `run()`'s path)",
+        lambda i: argv_full, ctx.runs(50))
 
     ctx.log(f"measuring {', '.join(k.split('.', 1)[1] for k in commands)} side by side")
     for row_id, result in measure_side_by_side(commands, ctx.env).items():
@@ -111,9 +119,15 @@ def run(ctx: Context) -> list[Row]:
             rows[row_id] = timed_row(row_id, group, whats[row_id], result, **extra)
     rows[f"{G}.crun"] = _crun_row(ctx, root, runc)
     rows[f"{G}.docker"] = _docker_row(ctx, image.rootfs)
-    rows[f"{G}.engine"] = _engine_row(ctx)
+    # The engine's rows take turns with bwrap, the target's yardstick, when bwrap ran here.
+    bwrap_ok = bwrap is not None and rows[f"{G}.bwrap"].status == OK
+    bwrap_argv = [str(bwrap), "--unshare-all", "--bind", str(root), "/", "--proc", "/proc", "--dev", "/dev",
+                  "--tmpfs", "/tmp", "/bin/true"] if bwrap_ok else None
+    rows[f"{G}.engine"] = _engine_row(ctx, peer=bwrap_argv)
+    rows[f"{G}.engine_plain"] = _engine_row(ctx, plain=True, peer=bwrap_argv)
     order = [f"{G}.floor_plain", f"{G}.floor", f"{G}.floor_process", f"{G}.unshare", f"{G}.bwrap", f"{G}.crun",
-             f"{G}.runc", f"{G}.docker", "python.bare", "python.start", "python.imports", f"{G}.jailshell_run", f"{G}.engine"]
+             f"{G}.runc", f"{G}.docker", "python.bare", "python.start", "python.imports", f"{G}.jailshell_run",
+             f"{G}.jailshell_run_full", f"{G}.engine", f"{G}.engine_plain"]
     return [rows[k] for k in order]
 
 
@@ -245,12 +259,21 @@ def jailshell_argv() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "jailshell"]
 
 
-def _engine_row(ctx: Context) -> Row:
-    """run() in a loop in one fresh Python process: the engine's own work, no Python start-up."""
-    what = "engine in-process: run(RunSpec(argv=['/bin/true'])) in a loop"
+def _engine_row(ctx: Context, *, plain: bool = False, peer: Sequence[str] | None = None) -> Row:
+    """run() (or run_plain()) in a loop in one fresh Python process: the
+    engine's own work, no Python start-up; taking turns with bwrap (peer),
+    whose median from the same minutes is kept as extra["peer_ms"]."""
+    row_id = f"{G}.engine_plain" if plain else f"{G}.engine"
+    what = ("engine in-process, `jailshell run`'s path: runfast.run_plain(['/bin/true']) in a loop" if plain
+            else "engine in-process: run(RunSpec(argv=['/bin/true'])) in a loop")
     try:
-        result = engine_loop(ctx, ctx.runs(200))
+        result = engine_loop(ctx, ctx.runs(200), plain=plain, peer=peer)
     except BenchError as exc:
-        return failed(f"{G}.engine", G, what, str(exc))
+        return failed(row_id, G, what, str(exc))
     phases = {k: round(statistics.median(v), 2) for k, v in result["phases"].items()}
-    return timed_row(f"{G}.engine", G, what, result["samples"], phases=phases)
+    extra: dict[str, object] = {"phases": phases}
+    note = ""
+    if result.get("peer"):
+        extra["peer_ms"] = round(statistics.median(result["peer"]) * 1000, 3)
+        note = f"taking turns with bwrap, which took {extra['peer_ms']:.2f} ms in the same minutes"
+    return timed_row(row_id, G, what, result["samples"], note, **extra)

@@ -148,9 +148,12 @@ def measure_side_by_side(commands: dict[str, tuple[Callable[[int], Sequence[str]
     return results
 
 
-def engine_loop(ctx: Context, runs: int, *, profile: bool = False) -> dict[str, Any]:
-    """bench/engine_loop.py in a fresh Python process: its JSON result."""
-    argv = [sys.executable, "-m", "bench.engine_loop", str(runs), *(["--profile"] if profile else [])]
+def engine_loop(ctx: Context, runs: int, *, profile: bool = False, plain: bool = False,
+                peer: Sequence[str] | None = None) -> dict[str, Any]:
+    """bench/engine_loop.py in a fresh Python process: its JSON result. With
+    peer, each run takes turns with one run of that command."""
+    argv = [sys.executable, "-m", "bench.engine_loop", str(runs), *(["--profile"] if profile else []),
+            *(["--plain"] if plain else []), *(["--peer", json.dumps(list(peer))] if peer else [])]
     res = subprocess.run(argv, env=ctx.env, cwd=repo_root(), capture_output=True, text=True, check=False,
                          timeout=600)
     if res.returncode != 0:

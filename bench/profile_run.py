@@ -1,11 +1,12 @@
 """Where the engine's start-to-exit time goes, stage by stage.
 
-`jailshell run` is three processes: jailshell (P), the child that unshares
-every namespace at once (C), and the container's PID 1 (G), which mounts,
-pivots and execs. The engine's functions are wrapped, for this benchmark
-only, so that each stage boundary writes a CLOCK_MONOTONIC timestamp (the
-same clock in every process) to a pipe; the stages are the gaps between
-consecutive boundaries, whichever process they happen in.
+`jailshell run` as root is two processes: jailshell (P) and the container's
+PID 1 (G), forked by P straight into a new PID namespace; G unshares the
+other namespaces, mounts, pivots and execs (jailshell/engine/run.py). The
+engine's functions are wrapped, for this benchmark only, so that each stage
+boundary writes a CLOCK_MONOTONIC timestamp (the same clock in every
+process) to a pipe; the stages are the gaps between consecutive boundaries,
+whichever process they happen in.
 
 Rows: group "profile", one per stage, medians over the runs.
 """
@@ -25,19 +26,17 @@ from bench.common import BenchError, Context, Row, engine_loop, failed
 # (boundary that ends the stage, what happened since the previous boundary)
 STAGES = (
     ("fork_called", "jailshell: resolve the image, journal, make the container's directories"),
-    ("child_running", "fork of jailshell (the unsharing child runs)"),
-    ("unshare_called", "child: PR_SET_PDEATHSIG, wait until jailshell has journaled it"),
-    ("unshare_done", "child: unshare(mnt, uts, ipc, net, pid, cgroup) in one call"),
-    ("private_done", "child: make every mount private"),
-    ("init_running", "fork of the container's PID 1"),
+    ("child_running", "fork of jailshell into a new PID namespace (the container's PID 1 runs)"),
+    ("unshare_called", "PID 1: PR_SET_PDEATHSIG, wait until jailshell has journaled it"),
+    ("unshare_done", "PID 1: unshare(mnt, uts, ipc, net, cgroup) in one call"),
+    ("private_done", "PID 1: make every mount private"),
     ("overlay_done", "PID 1: mount the overlay root"),
     ("mounts_done", "PID 1: mount proc, sys, tmp, dev (+ nodes), devpts, shm, mqueue"),
     ("lo_done", "PID 1: bring lo up"),
     ("pivot_done", "PID 1: sethostname, pivot_root, detach the old root"),
     ("mask_done", "PID 1: mask docker's /proc and /sys paths"),
     ("exec_called", "PID 1: environment, reset signals"),
-    ("init_exited", "execve /bin/true, run it, exit"),
-    ("child_exited", "child exits: the last reference to the namespaces goes"),
+    ("child_exited", "execve /bin/true, run it, exit: the namespaces go with PID 1"),
     ("run_returned", "jailshell: reap, remove the container's directory, close the journal"),
 )
 
@@ -99,6 +98,8 @@ def _instrumented(probe: _Probe) -> Iterator[None]:
             if pid == 0:
                 probe.mark("child_running" if parent == probe.parent else "init_running")
             return int(pid)
+        # init_running / init_exited (a fork and a wait in a middle process) are only seen when
+        # run() takes its two-fork path (a user namespace); they are not stages of the root path.
         return wrapper
 
     def unshare_wrapper(orig: Any) -> Any:

@@ -50,6 +50,14 @@ def _environment(work: Path) -> dict[str, str]:
     images or state."""
     for var, sub in (("JAILSHELL_RUN_DIR", "run"), ("JAILSHELL_DATA_DIR", "data"), ("JAILSHELL_STATE_DIR", "state")):
         os.environ.setdefault(var, str(work / sub))
+    # An installed jailshell runs from bytecode (pip compiles it at install
+    # time). With PYTHONDONTWRITEBYTECODE set (CI images, some shells) every
+    # timed `jailshell run` would compile jailshell's sources again, 10-15 ms
+    # that no user pays; the bytecode goes to a cache inside the work dir, so
+    # the checkout is not written to. Set in os.environ: every benchmark's
+    # children (the REPL's too) inherit it.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ.setdefault("PYTHONPYCACHEPREFIX", str(work / "pycache"))
     return dict(os.environ)
 
 

@@ -14,12 +14,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
-STAGES = ("fork_called", "child_running", "unshare_called", "unshare_done", "private_done", "init_running",
-          "overlay_done", "mounts_done", "lo_done", "pivot_done", "mask_done", "exec_called", "init_exited",
-          "child_exited", "run_returned")
+STAGES = ("fork_called", "child_running", "unshare_called", "unshare_done", "private_done", "overlay_done",
+          "mounts_done", "lo_done", "pivot_done", "mask_done", "exec_called", "child_exited", "run_returned")
 EXPECTED = {
     "start.floor_plain", "start.floor", "start.floor_process", "start.unshare", "start.bwrap", "start.crun",
     "start.runc", "start.docker", "python.bare", "python.start", "python.imports", "start.jailshell_run", "start.engine",
+    "start.engine_plain",
     *(f"profile.{s}" for s in STAGES), "scale.1", "scale.3", "memory.jail_uss", "host.clean",
 }
 

@@ -142,6 +142,19 @@ def test_detached_container_keeps_running_after_the_process_that_started_it_exit
     assert containers.resolve("bg").state == "running"
 
 
+def test_a_container_run_detached_at_the_prompt_outlives_the_repl() -> None:
+    lines = "docker run --all -d --name fromrepl --network none busybox sleep 1000\n"
+    repl = subprocess.run([*JAILSHELL, "repl"], input=lines, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert repl.returncode == 0, repl.stdout + repl.stderr
+    assert "fromrepl runs in the background" in repl.stdout
+    rec = containers.resolve("fromrepl")  # the REPL process is gone by now
+    assert rec.state == "running"
+    pid = int(rec.pid or 0)
+    assert Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x001000\x00"
+    assert os.getpid() not in ancestors(pid) and rec.supervisor in ancestors(pid)
+
+
 # --- stop, kill, and PID 1 ------------------------------------------------------------------------
 
 
@@ -227,13 +240,32 @@ def test_logs_hold_what_the_process_printed() -> None:
     assert shown == f"{lines[-1]['time']} {lines[-1]['log']}" and shown.startswith("20")
 
 
-def test_logs_follow_until_the_container_stops() -> None:
-    run("-d --name ticker --network none busybox sh -c 'for i in 1 2 3; do echo tick $i; sleep 0.2; done'")
+def test_logs_follow_prints_as_it_comes_until_the_container_stops(tmp_path: Path) -> None:
+    # The container prints its second line only once the follower has shown the
+    # first: follow must print while the container runs, then end when it stops.
+    run(f"-d --name ticker --network none -v {tmp_path}:/sync busybox sh -c "
+        "'echo tick 1; while [ ! -e /sync/go ]; do sleep 0.02; done; echo tick 2'")
     cap = Capture()
-    t0 = time.monotonic()
-    containers.logs("ticker", follow=True, streams=cap.streams, poll=0.05)
-    assert bytes(cap.out) == b"tick 1\ntick 2\ntick 3\n"
-    assert time.monotonic() - t0 >= 0.3
+
+    def out(data: bytes) -> None:
+        cap.out.extend(data)
+        if bytes(cap.out) == b"tick 1\n":
+            assert containers.resolve("ticker").state == "running"
+            (tmp_path / "go").touch()
+
+    containers.logs("ticker", follow=True, streams=Streams(out=out, err=cap.err.extend), poll=0.02)
+    assert bytes(cap.out) == b"tick 1\ntick 2\n"
+    assert containers.resolve("ticker").state == "exited"
+
+
+def test_logs_follow_ends_on_a_line_its_dead_writer_never_finished() -> None:
+    rec, _ = run("--name cut --network none busybox true")
+    assert rec is not None
+    with open(rec.layout.log, "ab") as fh:
+        fh.write(b'{"log": "half a li')  # a supervisor killed in the middle of a write
+    cap = Capture()
+    containers.logs("cut", follow=True, streams=cap.streams, poll=0.02)  # returns: the writer is gone
+    assert bytes(cap.out) == b""
 
 
 # --- rm ---------------------------------------------------------------------------------------------
@@ -327,6 +359,23 @@ def test_exec_enters_the_running_container() -> None:
     assert containers.exec_output("host1", ["pwd"], workdir="/tmp").stdout.strip() == "/tmp"
 
 
+def test_user_workdir_env_and_a_read_only_volume(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("from the host\n")
+    # Anybody may write there: only the read-only bind mount keeps nobody from it.
+    tmp_path.chmod(0o777)
+    cap = Capture()
+    rec, code = run(f"--name who --network none -u nobody -w /srv/app -e A=1 -v {tmp_path}:/data:ro busybox sh -c "
+                    "'id -u; id -g; pwd; echo $A $HOME; cat /data/f; touch /data/x || echo read-only'", cap)
+    assert code == 0, bytes(cap.err)
+    assert bytes(cap.out).decode().splitlines() == ["65534", "65534", "/srv/app", "1 /nonexistent", "from the host",
+                                                    "read-only"]
+    assert not (tmp_path / "x").exists()
+    assert rec is not None
+    with pytest.raises(containers.JailshellError, match="unable to find user nosuch") as info:
+        run("--rm --name nouser --network none -u nosuch busybox true")
+    assert info.value.status == 127
+
+
 def test_export_is_a_flat_tar_of_the_container_root() -> None:
     rec, code = run("--name exported --network none busybox sh -c 'echo data > /root/file; rm /bin/vi'")
     assert code == 0
@@ -381,3 +430,42 @@ def test_the_cli_runs_attached_and_returns_the_exit_code() -> None:
     assert (res.returncode, res.stdout, res.stderr) == (3, "hi\n", "ho\n")
     res = cli("docker", "run", "--rm", "--network", "none", "busybox", "true")
     assert res.returncode == 0 and " 1. image busybox:latest" in res.stderr  # the plan, then the run
+
+
+def test_the_lifecycle_as_jailshell_subcommands(tmp_path: Path) -> None:
+    made = cli("create", "--name", "cycle", "--network", "none", "busybox", "sh", "-c",
+               "echo started; trap 'echo bye; exit 4' TERM; while :; do sleep 0.05; done")
+    assert made.returncode == 0, made.stderr
+    cid = made.stdout.strip()
+    assert "the last step, exec, is `start`" in made.stderr  # the plan, without its exec
+    assert cli("ps", "-a", "-q").stdout.split() == [cid] and cli("ps", "-q").stdout == ""
+    assert cli("start", "cycle").returncode == 0
+    assert wait_for(lambda: containers.catches(int(containers.resolve("cycle").pid or 0), signal.SIGTERM))
+    assert "Up " in cli("ps").stdout
+    stopped = cli("stop", "-t", "5", "cycle")
+    assert stopped.returncode == 0 and "stopped by SIGTERM" in stopped.stderr and "exit code 4" in stopped.stderr
+    assert cli("logs", "cycle").stdout == "started\nbye\n"
+    assert "Exited (4)" in cli("ps", "-a").stdout
+    tar = tmp_path / "cycle.tar"
+    assert cli("docker", "export", "-o", str(tar), "cycle").returncode == 0
+    with tarfile.open(tar) as tf:
+        assert "bin/busybox" in tf.getnames()
+    images = cli("docker", "image", "ls").stdout.splitlines()
+    assert images[0].split() == ["REPOSITORY", "TAG", "SIZE", "SOURCE"] and images[1].startswith("busybox")
+    assert "docker commands: run, create" in cli("docker", "version").stdout
+    pruned = cli("prune", "-f")
+    assert pruned.returncode == 0 and pruned.stdout.splitlines() == ["Deleted Containers:", "cycle"]
+    assert leftovers(cid) == []
+
+
+def test_system_prune_finishes_off_a_container_whose_supervisor_was_killed() -> None:
+    rec, _ = run("-d --name wreck --network none busybox sleep 1000")
+    assert rec is not None and rec.supervisor
+    os.kill(rec.supervisor, signal.SIGKILL)
+    assert wait_for(lambda: containers.resolve("wreck").state == "dead")
+    assert any(f.startswith("mount ") for f in leftovers(rec.id))  # what the dead supervisor left
+    res = cli("docker", "system", "prune", "-f")
+    assert res.returncode == 0, res.stderr
+    assert "wreck" in res.stdout.splitlines()
+    assert leftovers(rec.id) == []
+

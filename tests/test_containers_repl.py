@@ -81,8 +81,33 @@ def test_docker_run_shows_the_plan_and_walk_takes_one_real_step_at_a_time(ws: Wo
     assert containers.resolve("walker").exit_code == 0
 
 
+def test_enter_on_an_empty_line_walks_the_pending_plan(ws: Workspace) -> None:
+    from jailshell.ui.app import Repl
+
+    repl = Repl(ws.ctx, ws, history=False)
+    ws.run_line("docker run --name entered --network none busybox true")
+    out = ws.ctx.stdout
+    for n in (1, 2):
+        assert repl.handle("") is False
+        assert f"step {n}/10" in out.getvalue()  # type: ignore[attr-defined]
+    assert containers.resolve("entered").state == "creating"  # step 2 started its process
+    ws.run_line("walk abort")
+    assert repl.handle("") is False  # nothing pending and no course: Enter does nothing
+    assert "step 3/10" not in out.getvalue()  # type: ignore[attr-defined]
+
+
+def test_at_the_prompt_the_exec_step_is_shown_before_the_output(ws: Workspace,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from jailshell.ui.app import Repl
+
+    monkeypatch.setattr(type(ws.ctx), "interactive", property(lambda self: True))
+    Repl(ws.ctx, ws, history=False).handle("docker run --all --name shown --network none busybox sh -c 'echo OUT$((1+1))PUT'")
+    text = ws.ctx.stdout.getvalue()  # type: ignore[attr-defined]
+    assert text.index("step 10/10") < text.index("Starting shown") < text.index("OUT2PUT") < text.index("exited")
+
+
 def test_run_all_and_the_lifecycle_commands(ws: Workspace) -> None:
-    items = flat(ws.run_line("docker run --all -d --name bg --network none busybox sleep 1000"))
+    items = flat(ws.run_line("docker run -d --name bg --all --network none busybox sleep 1000"))
     assert sum(isinstance(x, StepReport) for x in items) == 10
     assert containers.resolve("bg").state == "running"
     ps = "\n".join(x.text for x in flat(ws.run_line("docker ps")) if isinstance(x, Message))
@@ -126,11 +151,13 @@ def test_explain_shows_the_plan_and_does_nothing(ws: Workspace) -> None:
 def test_piped_lines_run_a_container_end_to_end(tmp_path: Path) -> None:
     out = io.StringIO()
     lines = ("docker run --all --rm --name piped --network none busybox sh -c 'echo piped output; exit 3'\n"
+             "docker run --all --rm --network none busybox echo after the image --all is the commands\n"
              "docker ps -a\n")
     ctx = AppContext.for_streams(out, width=100, state_dir=tmp_path, stdin=io.StringIO(lines))
     run_piped(ctx, build_workspace(ctx, with_course=False))
     text = out.getvalue()
     assert "piped output" in text and "piped exited with status 3" in text
+    assert "after the image --all is the commands" in text
     assert containers.records() == []
 
 
@@ -139,3 +166,7 @@ def test_a_terminal_command_is_handed_over(ws: Workspace, monkeypatch: pytest.Mo
     monkeypatch.setattr(type(ws.ctx), "interactive", property(lambda self: True))
     h = ws.run_line("docker attach tty")
     assert isinstance(h, Handover) and "Ctrl-P Ctrl-Q" in h.banner
+    ws.run_line("docker run --all --name ended --network none busybox true")
+    for line in ("docker exec -it ended sh", "docker attach ended"):
+        with pytest.raises(JailshellError, match="container ended is not running"):
+            ws.run_line(line)  # refused before the terminal would be handed over

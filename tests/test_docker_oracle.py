@@ -220,6 +220,22 @@ def test_what_a_process_sees_inside(docker: Engine) -> None:
     assert "oracle" in rest and "lo" in rest and "PID 1" in rest and "GREETING=hi" in rest
 
 
+@pytest.mark.parametrize("user", [(), ("-u", "nobody"), ("-u", "1234"), ("-u", "nobody:root")])
+def test_user_groups_workdir_and_environment(docker: Engine, user: tuple[str, ...]) -> None:
+    args = ("run", "--rm", "--network", "none", *user, "-w", "/srv/app", "-e", "A=1", IMAGE, "sh", "-c",
+            "id; pwd; ls -ld /srv/app; env | sort")
+    d, o = docker(*args), ours(*args)
+    assert o.returncode == d.returncode == 0, o.stderr
+
+    def seen(out: str) -> list[str]:  # HOSTNAME is each container's own id
+        return [x for x in out.splitlines() if not x.startswith("HOSTNAME=")]
+
+    assert seen(o.stdout) == seen(d.stdout)
+    # docker exec runs as the container's user, in its groups, too.
+    cid, _pid, rec = both_detached(docker, "--network", "none", *user, IMAGE, "sleep", "1000")
+    assert containers.exec_output(rec.id, ["id"]).stdout == docker("exec", cid, "id").stdout
+
+
 def test_exit_codes(docker: Engine) -> None:
     for args in (("sh", "-c", "exit 42"), ("true",), ("no-such-command",)):
         line = ("run", "--rm", "--network", "none", IMAGE, *args)
@@ -244,8 +260,12 @@ def test_stop_and_signals(docker: Engine) -> None:
     assert docker.exit_code(cid) == containers.resolve(rec.id).exit_code == 137
     # With a handler, SIGTERM ends it at once, with the handler's exit code.
     line = ("--network", "none", IMAGE, "sh", "-c", "trap 'exit 5' TERM; while :; do sleep 0.05; done")
-    cid, _dpid, rec = both_detached(docker, *line)
-    time.sleep(0.3)
+    cid, dpid, rec = both_detached(docker, *line)
+    # Stopped only once both shells have their trap (a handler for SIGTERM) in place.
+    deadline = time.monotonic() + 10
+    while not (containers.catches(dpid, signal.SIGTERM) and containers.catches(int(rec.pid or 0), signal.SIGTERM)):
+        assert time.monotonic() < deadline, "the trap was never set"
+        time.sleep(0.02)
     docker("stop", "-t", "5", cid)
     assert ours("stop", "-t", "5", rec.id).returncode == 0
     assert docker.exit_code(cid) == containers.resolve(rec.id).exit_code == 5

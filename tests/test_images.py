@@ -13,6 +13,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from jailshell.engine.images.sources import import_file
 from jailshell.engine.images.store import ImageStore
 from jailshell.engine.images.unpack import Progress
 from jailshell.errors import JailshellError
+from tests.test_docker_oracle import docker  # noqa: F401 (the fixture: a dockerd of the test's own)
 
 ROOTLESS = [] if os.geteuid() == 0 else ["--rootless"]
 
@@ -307,6 +309,28 @@ def test_layer_directories_mount_as_the_same_tree(layout: Path, store: ImageStor
         assert tree(target) == tree(image.rootfs)
     finally:
         sc.umount2(target, sc.MNT_DETACH)
+    # with a writable upper, as a jail's root: writes and deletions go to the upper only
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    layers_before = [tree(d) for d in lowers]
+    data = store.overlay_data(image, upper, work)
+    assert data.startswith(f"lowerdir={lowers[0]}:{lowers[1]}:{lowers[2]},upperdir=")
+    sc.mount("overlay", target, "overlay", 0, data)
+    try:
+        (target / "etc/motd").write_text("changed\n")
+        (target / "bin/busybox").unlink()
+        assert not (target / "bin/vi").exists()
+    finally:
+        sc.umount2(target, sc.MNT_DETACH)
+    assert (upper / "etc/motd").read_text() == "changed\n"
+    assert os.lstat(upper / "bin/busybox").st_rdev == os.makedev(0, 0)  # overlayfs's own whiteout
+    assert [tree(d) for d in lowers] == layers_before
+    shutil.rmtree(upper)
+    shutil.rmtree(work)
+    # an image stored flattened only: its root is the one lowerdir
+    flat = import_file(layout, store=store, name="flat:1")
+    assert store.overlay_data(flat, upper, work).startswith(f"lowerdir={flat.rootfs},upperdir=")
     # the layers are shared by digest and pruned only when no image uses them
     assert store.prune().removed == []
     store.remove(image.ref)
@@ -341,6 +365,7 @@ def test_cli_import_ls_inspect_export_rm_prune(layout: Path, cli_store: ImageSto
     out = capsys.readouterr().out
     assert 'Entrypoint: ["/bin/env"]' in out and 'Cmd:        ["/bin/cat", "/etc/motd"]' in out
     assert "WorkingDir: /tmp" in out and "GREETING=hello" in out and "layers (3, bottom first)" in out
+    assert "whiteout: removes /bin/vi" in out  # what the third layer took away
 
     exported = tmp_path / "demo.tar"
     assert cli_main(["image", "export", "demo:1", "-o", str(exported)]) == 0
@@ -390,3 +415,180 @@ def _gzip_tar(files: dict[str, bytes]) -> bytes:
 
 def _write_tar(path: Path, files: dict[str, bytes]) -> None:
     path.write_bytes(_tar(files))
+
+
+# -- the REPL commands: export, untar, save, import, layers ------------------------------------------
+
+
+@pytest.fixture
+def ws(tmp_path: Path, cli_store: ImageStore) -> Iterator[Any]:
+    from jailshell.commands.builtin import build_workspace
+    from jailshell.context import AppContext
+
+    w = build_workspace(AppContext.for_streams(io.StringIO(), width=100, state_dir=tmp_path / "state"),
+                        with_course=False)
+    yield w
+    w.close()
+
+
+def in_jail(ws: Any, *lines: str) -> None:
+    """Run exec lines in the jail, chrooted first: before chroot, `exec` sees the host's files."""
+    if ws.session.jail is None or ws.session.jail.state.root_mode == "host":
+        ws.run_line("chroot")
+    assert ws.session.jail.state.root_mode != "host"
+    for line in lines:
+        ws.run_line(line)
+
+
+def _items(result: Any) -> list[Any]:
+    from jailshell.commands.results import Results
+
+    return [x for item in result.items for x in _items(item)] if isinstance(result, Results) else [result]
+
+
+@pytest.mark.root
+def test_repl_export_then_untar_gives_the_jails_root(ws: Any, tmp_path: Path) -> None:
+    from jailshell.commands.results import Message, StepReport
+
+    in_jail(ws, "exec sh -c 'echo made in the jail > /root/note'")
+    report, listing, done = _items(ws.run_line(f"export {tmp_path}/jail.tar"))
+    assert isinstance(report, StepReport) and isinstance(listing, Message) and isinstance(done, Message)
+    assert report.equivalents.docker == f"docker export -o {tmp_path}/jail.tar CONTAINER"
+    assert report.equivalents.raw[0].startswith("tar -C ") and "--numeric-owner -cf" in report.equivalents.raw[0]
+    assert "/bin/busybox" in listing.text and "more entries" in listing.text  # tar -tv, scrolling
+    with tarfile.open(tmp_path / "jail.tar") as tf:
+        assert tf.extractfile("root/note").read() == b"made in the jail\n"  # type: ignore[union-attr]
+
+    report, listing, done = _items(ws.run_line(f"untar {tmp_path}/jail.tar {tmp_path}/root"))
+    assert (tmp_path / "root/root/note").read_text() == "made in the jail\n"
+    assert os.readlink(tmp_path / "root/bin/sh").endswith("busybox")
+    assert report.equivalents.raw == [f"mkdir -p {tmp_path}/root",
+                                      f"tar -C {tmp_path}/root --numeric-owner -xpf {tmp_path}/jail.tar"]
+    assert "unpacked into" in done.text
+    with pytest.raises(JailshellError, match="not an empty directory"):
+        ws.run_line(f"untar {tmp_path}/jail.tar {tmp_path}/root")
+
+
+def test_repl_untar_refuses_a_hostile_tarball_and_leaves_nothing(ws: Any, tmp_path: Path) -> None:
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tf:
+        for name, data in (("etc/ok", b"fine"), ("../outside", b"pwned")):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+    with pytest.raises(JailshellError, match=r"refusing entry '../outside'"):
+        ws.run_line(f"untar {evil} {tmp_path}/root")
+    assert not (tmp_path / "root").exists() and not (tmp_path / "outside").exists()
+
+
+@pytest.mark.root
+def test_repl_save_turns_the_jails_deletions_into_whiteouts(ws: Any, tmp_path: Path) -> None:
+    """The overlay's upper dir becomes a layer: a deleted file (0/0 device) a
+    .wh. file, a replaced directory (opaque) a .wh..wh..opq; imported back,
+    the layers give the jail's tree."""
+    from tests.test_rootfs import tree
+
+    in_jail(ws, "exec rm /bin/vi", "exec sh -c 'rm -rf /etc && mkdir /etc && echo new > /etc/motd && echo hi > /hello'")
+    jail = ws.session.jail
+    report, _listing, done = _items(ws.run_line(f"save {tmp_path}/j.tar demo:2"))
+    assert "2 layers" in done.text and "whiteout" in done.text
+    assert report.equivalents.docker.startswith("docker commit CONTAINER demo:2 && docker save -o")
+    with tarfile.open(tmp_path / "j.tar") as tf:
+        manifest = json.load(tf.extractfile("manifest.json"))  # type: ignore[arg-type]
+        assert manifest[0]["RepoTags"] == ["demo:2"] and len(manifest[0]["Layers"]) == 2
+        with tarfile.open(fileobj=tf.extractfile(manifest[0]["Layers"][1])) as top:  # type: ignore[arg-type]
+            names = top.getnames()
+    assert "bin/.wh.vi" in names and "etc/.wh..wh..opq" in names and "etc/motd" in names and "hello" in names
+
+    report, listing, done = _items(ws.run_line(f"import {tmp_path}/j.tar"))
+    assert "# layer 2/2" in listing.text and "whiteout: removes /bin/vi" in listing.text
+    assert "whiteout: hides the lower layers' contents of /etc" in listing.text
+    assert report.equivalents.docker == f"docker load -i {tmp_path}/j.tar"
+    assert any(line.startswith("rm -rf /tmp/demo-root/bin/vi") for line in report.equivalents.raw)
+    image = ImageStore().get("demo:2")
+    assert image is not None and len(image.layers) == 2
+    assert tree(image.rootfs) == tree(jail.rootfs)  # the jail's tree, from its two layers
+    assert not (image.rootfs / "etc/passwd").exists() and (image.rootfs / "etc/motd").read_text() == "new\n"
+
+    report, listing = _items(ws.run_line("layers demo:2"))
+    out = listing.text
+    assert "layers, bottom first:" in out and "whiteout: removes /bin/vi" in out and "empties /etc/" in out
+    report, listing = _items(ws.run_line("layers"))  # the jail's own image, and its upper layer
+    out = listing.text
+    assert "D /bin/vi" in out and "C /etc/" in out and "A /hello" in out and "lowerdir=" in out
+    assert report.equivalents.docker.endswith("docker diff CONTAINER")
+
+
+# -- a real Docker engine: docker export, docker save, and docker load of jailshell's save -----------------
+
+
+def _without_docker_runtime_files(t: dict[str, str]) -> dict[str, str]:
+    """docker export also writes what the engine put in the container for its
+    run (/.dockerenv, /etc/hosts, ... in its init layer); docker commit leaves them out."""
+    runtime = {".dockerenv", "etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab"}
+    return {k: v for k, v in t.items() if k not in runtime and not k.startswith(("dev/", "proc/", "sys/"))}
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_real_docker_export_and_save_import_as_the_same_tree(docker: Any, store: ImageStore,  # noqa: F811
+                                                             tmp_path: Path) -> None:
+    from tests.test_docker_oracle import IMAGE
+    from tests.test_rootfs import tree
+
+    docker("run", "--name", "jsh-img", "--network", "none", IMAGE, "sh", "-c",
+           "rm /bin/vi && rm -rf /usr && mkdir /usr && echo docker > /usr/motd && ln -s /usr/motd /motd")
+    try:
+        docker("commit", "-c", 'CMD ["/bin/cat", "/motd"]', "jsh-img", "jsh-img:2")
+        docker("export", "-o", str(tmp_path / "export.tar"), "jsh-img")
+        docker("save", "-o", str(tmp_path / "save.tar"), "jsh-img:2")
+    finally:
+        docker("rm", "-f", "jsh-img", check=False)
+    flat = import_file(tmp_path / "export.tar", store=store)
+    assert flat.ref == "export:latest" and len(flat.layers) == 1 and flat.config == {}
+    saved = import_file(tmp_path / "save.tar", store=store)
+    assert saved.ref == "jsh-img:2" and len(saved.layers) == 2  # the image's layer and the container's
+    assert saved.config["Cmd"] == ["/bin/cat", "/motd"]
+    top = saved.meta["layer_info"][1]
+    assert "/bin/vi" in top["removed"] and "/usr/" in top["removed"]  # docker's whiteouts, applied
+    for image in (flat, saved):
+        assert not os.path.lexists(image.rootfs / "bin/vi") and os.listdir(image.rootfs / "usr") == ["motd"]
+        assert (image.rootfs / "usr/motd").read_text() == "docker\n"
+        assert os.readlink(image.rootfs / "motd") == "/usr/motd"  # absolute symlinks are kept as they are
+    assert _without_docker_runtime_files(tree(flat.rootfs)) == _without_docker_runtime_files(tree(saved.rootfs))
+    docker("rmi", "jsh-img:2", check=False)
+
+
+@pytest.mark.docker
+@pytest.mark.root
+def test_docker_loads_what_jailshell_saves(docker: Any, ws: Any, tmp_path: Path) -> None:  # noqa: F811
+    in_jail(ws, "exec rm /bin/vi", "exec sh -c 'echo from jailshell > /hello'")
+    ws.run_line(f"save {tmp_path}/j.tar jsh-saved:1")
+    assert "Loaded image: jsh-saved:1" in docker("load", "-i", str(tmp_path / "j.tar")).stdout
+    try:
+        out = docker("run", "--rm", "--network", "none", "jsh-saved:1", "sh", "-c",
+                     "cat /hello; test -e /bin/vi || echo vi is gone").stdout
+        assert out.splitlines() == ["from jailshell", "vi is gone"]
+    finally:
+        docker("rmi", "jsh-saved:1", check=False)
+
+
+def test_docker_25_save_form_is_read_as_an_oci_layout(layout: Path, store: ImageStore, tmp_path: Path) -> None:
+    """Docker 25 and later `docker save` an OCI layout with a manifest.json
+    beside it (for older `docker load`), the name in containerd's annotation."""
+    archive = tmp_path / "docker25.tar"
+    manifest = _manifest(layout, "bb")
+    index = json.loads((layout / "index.json").read_text())
+    index["manifests"][0]["annotations"] = {"io.containerd.image.name": "docker.io/library/bb25:1.0",
+                                            "org.opencontainers.image.ref.name": "1.0"}
+    files = {"oci-layout": (layout / "oci-layout").read_bytes(), "index.json": json.dumps(index).encode(),
+             "manifest.json": json.dumps([{"Config": "blobs/sha256/" + manifest["config"]["digest"][7:],
+                                           "RepoTags": ["bb25:1.0"],
+                                           "Layers": ["blobs/sha256/" + d["digest"][7:] for d in manifest["layers"]]}
+                                          ]).encode()}
+    for blob in (layout / "blobs/sha256").iterdir():
+        files[f"blobs/sha256/{blob.name}"] = blob.read_bytes()
+    _write_tar(archive, files)
+    image = import_file(archive, store=store)
+    assert image.ref == "bb25:1.0" and image.source.startswith("OCI layout")
+    assert_busybox_image(image)

@@ -19,12 +19,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from jailshell.engine import cleanup as cleanup_mod
 from jailshell.engine import journal as jmod
 from jailshell.engine import net_firewall as fw
+from jailshell.engine import net_registry
 from jailshell.engine import network as net
 from jailshell.engine.jail import Jail
 from jailshell.engine.network import JailNet, NetConfig, PortMapping
@@ -642,3 +644,452 @@ def test_rootless_jail_brings_its_lo_up_through_its_user_namespace() -> None:
         assert status == 0, out
     finally:
         subprocess.run(["rm", "-rf", str(base)], check=True)
+
+
+# --- the raw commands, run for real, give the engine's network: bridge and NAT too --------------
+
+
+def nat_shape(n: JailNet, port: int) -> list[str]:
+    return sorted(r.replace(str(n.address), "JAIL_IP").replace(f"dport {port} ", "dport PORT ")
+                  for r in fw.rules_of(n.id))
+
+
+@root
+def test_raw_bridge_and_nat_commands_build_the_same_network_as_the_engine(
+        jails: Callable[..., tuple[Jail, JailNet]]) -> None:
+    """Jail B is networked first, only by running the raw commands shown for
+    it (so they also create the bridge); jail A then by the engine. Same
+    interfaces, bridge ports, routes and NAT rules, up to names and addresses."""
+    forwarding = fw.read_sysctl(net.FORWARDING)
+    jb, b = jails()
+    ja, a = jails()
+    pa, pb = free_port(), free_port()
+    try:
+        plans: list[Callable[[], net.NetStep]] = [
+            lambda: b.lo_up(dry_run=True), lambda: b.veth(dry_run=True), lambda: b.bridge(dry_run=True),
+            # An explicit address: B holds no lease, so the engine would hand its address to A too.
+            lambda: b.addr("10.199.0.200", dry_run=True), lambda: b.nat(dry_run=True),
+            lambda: b.publish(f"{pb}:80", dry_run=True)]
+        shown = []
+        for plan in plans:  # each plan follows on from what the commands before it did in the kernel
+            for cmd in plan().equivalents.raw:
+                shown.append(cmd)
+                if cmd.startswith("socat "):
+                    continue  # the userland proxy (for 127.0.0.1) is a process, not kernel state
+                subprocess.run(shlex.split(cmd.split("    #")[0]), check=True, capture_output=True, timeout=10)
+        assert "ip link add jailshell0 type bridge" in shown
+        b.refresh()
+        assert (b.inside, b.bridged, str(b.address)) == ("eth0", True, "10.199.0.200")
+        a.connect("bridge", publish=[f"{pa}:80"])
+        assert a.bridged and a.address != b.address
+        va, vb = a.show(), b.show()
+        assert shape(va.jail, a) == shape(vb.jail, b)
+        assert shape(va.host, a) == shape(vb.host, b)
+        bridge = va.host.interface("jailshell0")
+        assert bridge is not None and bridge.up and "10.199.0.1/24" in [x.cidr for x in bridge.addresses]
+        assert {i.name for i in va.host.interfaces if i.master == "jailshell0"} >= {a.host_end, b.host_end}
+        assert nat_shape(a, pa) == nat_shape(b, pb) and len(nat_shape(a, pa)) == 2  # masquerade, DNAT
+        assert fw.read_sysctl(net.FORWARDING) == "1"
+        assert ping(str(b.address), ja) and ping(str(a.address), jb), "the two jails meet on the bridge"
+    finally:
+        # B's pieces are in no journal: the test removes them (A's go with A's journal).
+        subprocess.run(["ip", "link", "del", b.host_end], capture_output=True)
+        fw.delete_nft_table(fw.table_name(b.id))
+        ja.close()
+        subprocess.run(["ip", "link", "del", "jailshell0"], capture_output=True)
+        fw.write_sysctl(net.FORWARDING, forwarding)
+
+
+# --- the REPL's `net` commands ------------------------------------------------------------------
+
+
+@pytest.fixture
+def ws(host_clean: None, tmp_path: Path) -> Iterator[object]:
+    import io
+
+    from jailshell.commands.builtin import build_workspace
+    from jailshell.context import AppContext
+
+    w = build_workspace(AppContext.for_streams(io.StringIO(), width=120, state_dir=tmp_path), with_course=False)
+    yield w
+    w.close()
+
+
+def report_of(result: object) -> object:
+    from jailshell.commands.results import Results
+
+    return result.items[0] if isinstance(result, Results) else result
+
+
+@root
+def test_repl_net_steps_network_the_jail_and_show_the_engines_own_commands(ws: Any) -> None:
+    from jailshell.commands.results import Message, Results, StepReport
+
+    with pytest.raises(JailshellError, match="no network namespace of its own") as exc:
+        ws.run_line("net")
+    assert exc.value.hint == "run `unshare net` first"
+    ws.run_line("unshare net")
+    jail = ws.session.jail
+    reports = {}
+    for line in ("net up lo", "net veth", "net bridge", "net addr", "net nat"):
+        r = ws.run_line(line)
+        assert isinstance(r, StepReport) and r.equivalents is not None, line
+        reports[line] = r
+        assert ws.session.done[-1].equivalents is r.equivalents  # what `script` writes is what was shown
+    n = net.JailNet.for_jail(jail)
+    n.refresh()
+    assert (n.inside, n.bridged) == ("eth0", True) and n.address is not None
+    veth = reports["net veth"]
+    assert veth.equivalents is not None and reports["net nat"].equivalents is not None
+    assert veth.equivalents.raw[:2] == [f"ip link add {n.host_end} type veth peer name {n.jail_end}",
+                                        f"ip link set {n.jail_end} netns {jail.pid}"]
+    assert "--network bridge" in veth.equivalents.docker
+    assert [c for c in veth.changes if c.section == "interfaces"], "the step shows the interfaces it made"
+    assert any("masquerade" in c for c in reports["net nat"].equivalents.raw)
+    assert ping(str(n.address)) and ping(str(n.config.gateway), jail)
+    # A server in the jail, published on the host, reached through 127.0.0.1.
+    jail.spawn([sys.executable, "-c", SERVER, "80", "repl-jail"])
+    wait_listening(str(n.address), 80)
+    port = free_port()
+    pub = ws.run_line(f"net publish {port}:80")
+    assert pub.equivalents.docker.startswith(f"docker run -it -p {port}:80 ")
+    assert fetch("127.0.0.1", port).split()[0] == "repl-jail"
+    with pytest.raises(JailshellError, match="already published"):
+        ws.run_line(f"net publish {port}:81")
+    shown = ws.run_line("net")
+    assert isinstance(shown, Results)
+    text = next(i for i in shown.items if isinstance(i, Message)).text
+    assert f"{n.address}/24" in text and f"{n.host_end}" in text and "<- the jail's cable" in text
+    assert f"dport {port} dnat to {n.address}:80" in text
+    assert report_of(shown).equivalents.raw[2] == f"nsenter --target {jail.pid} --net ip -br addr"  # type: ignore[attr-defined]
+    from jailshell.commands import script
+
+    written = script.build(ws.session)
+    assert f'ip link set {n.jail_end} netns "$JAIL"' in written and "nsenter --target \"$JAIL\" --net" in written
+    ws.close()
+    assert not port_open(port)
+
+
+@root
+def test_repl_net_bad_input_is_a_clear_error_and_changes_nothing(ws: Any) -> None:
+    ws.run_line("unshare net")
+    state, done = net_state(), len(ws.session.done)
+    for line, why in (("net up eth0", "lo only"), ("net veth a b", "takes"), ("net publish 8080", "invalid port"),
+                      ("net frob", "unknown what"), ("net addr", "no veth"), ("net link nope", "no container named")):
+        with pytest.raises(JailshellError, match=why) as exc:
+            ws.run_line(line)
+        assert exc.value.hint, line
+    ws.run_line("net veth")
+    with pytest.raises(JailshellError, match="invalid address"):
+        ws.run_line("net addr 10.199.0.300")
+    ws.run_line("net addr")
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        before = net_state()
+        with pytest.raises(JailshellError, match=f"host port {port} is already in use"):
+            ws.run_line(f"net publish {port}:80")
+        assert net_state() == before
+    assert len(ws.session.done) == done + 2  # only `net veth` and `net addr`
+    assert state["nft"] == net_state()["nft"]
+    assert ws.registry.check_lesson_line("net publish 8080:80") is None
+    assert ws.registry.check_lesson_line("net bogus") is not None
+
+
+# --- `jailshell run --network ... -p ... --link ...` and the docker lines -------------------------
+
+
+JAILSHELL = [sys.executable, "-m", "jailshell"]
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*JAILSHELL, *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+
+
+def test_run_network_options_are_checked_before_anything_is_made() -> None:
+    from jailshell.engine.run import RunSpec, run
+
+    for kw, why in (({"network": "overlay"}, "unknown network mode"), ({"publish": ["8080:80"]}, "needs --network"),
+                    ({"network": "host", "links": ["web"]}, "needs --network"),
+                    ({"network": "bridge", "publish": ["80"]}, "invalid port mapping"),
+                    ({"network": "bridge", "links": ["bad name!"]}, "invalid --link")):
+        with pytest.raises(InvalidInput, match=why):
+            run(RunSpec(argv=["true"], **kw))
+
+
+@root
+def test_run_network_none_host_and_bridge(host_clean: None) -> None:
+    res = cli("run", "--rm", "--", "sh", "-c", "ip -o link | cut -d: -f2")
+    assert res.returncode == 0 and res.stdout.split() == ["lo"], res.stderr
+    res = cli("run", "--rm", "--network", "host", "--", "cat", "/proc/self/net/dev")
+    host_links = sorted(os.listdir("/sys/class/net"))
+    assert sorted(x.split(":")[0].strip() for x in res.stdout.splitlines()[2:]) == host_links, res.stderr
+    res = cli("run", "--rm", "--timings", "--network", "bridge", "--", "sh", "-c",
+              "ip -o -4 addr show eth0; ip route; ping -c 3 -i 0.2 -W 1 10.199.0.1 >/dev/null && echo PING-OK")
+    assert res.returncode == 0, res.stderr
+    assert "10.199.0." in res.stdout and "default via 10.199.0.1 dev eth0" in res.stdout
+    assert "PING-OK" in res.stdout
+    assert "network: " in res.stderr and "masquerade" in res.stderr
+
+
+@root
+def test_run_publish_reaches_a_server_in_the_container_from_localhost(host_clean: None) -> None:
+    port = free_port()
+    # The container's server answers one connection and exits: then `run` returns and removes everything.
+    proc = subprocess.Popen([*JAILSHELL, "run", "--rm", "--network", "bridge", "-p", f"127.0.0.1:{port}:80", "--",
+                             "sh", "-c", "echo published-hello | nc -l -p 80"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ,
+                                                                    "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        deadline, got = time.monotonic() + 15, ""
+        while not got:
+            assert time.monotonic() < deadline, "the published port never answered"
+            with contextlib.suppress(OSError):
+                got = fetch("127.0.0.1", port)
+            time.sleep(0.05)
+        assert got == "published-hello"
+        _, err = proc.communicate(timeout=15)
+        assert proc.returncode == 0, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+            cli("cleanup")  # what the killed jailshell left
+    assert not port_open(port)
+
+
+@root
+def test_run_port_in_use_and_unknown_link_fail_with_nothing_left(host_clean: None) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        res = cli("run", "--rm", "--network", "bridge", "-p", f"127.0.0.1:{port}:80", "--", "echo", "RAN")
+        assert res.returncode != 0 and f"host port {port} is already in use" in res.stderr
+        assert "RAN" not in res.stdout and "Traceback" not in res.stderr
+    res = cli("run", "--rm", "--network", "bridge", "--link", "nosuchbox", "--", "echo", "RAN")
+    assert res.returncode != 0 and "no container named 'nosuchbox'" in res.stderr and "RAN" not in res.stdout
+    res = cli("run", "--rm", "-p", "8080:80", "--", "echo", "RAN")
+    assert res.returncode != 0 and "needs --network bridge" in res.stderr
+
+
+@root
+def test_docker_lines_publish_and_link_and_run_links_to_them(ws: Any) -> None:
+    """`docker run -d -p ... --name web` through the unrolled planner, then
+    `--link web:db` from another docker line, from `jailshell run`, and from
+    the REPL's `net link`: the name resolves to web's address in each."""
+    port = free_port()
+    res = cli("docker", "-q", "run", "-d", "--name", "web", "-p", f"{port}:80", "busybox", "sh", "-c",
+              "mkdir /w && echo web-page > /w/i && exec httpd -f -p 80 -h /w")
+    try:
+        assert res.returncode == 0, res.stderr
+        deadline, got = time.monotonic() + 10, ""
+        while not got:
+            assert time.monotonic() < deadline, "web never answered on its published port"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=3) as c:
+                c.sendall(b"GET /i HTTP/1.0\r\n\r\n")
+                got = c.makefile(errors="replace").read()
+            time.sleep(0.05)
+        assert "web-page" in got
+        res = cli("docker", "-q", "run", "--rm", "--link", "web:db", "busybox", "wget", "-qO-", "http://db/i")
+        assert res.returncode == 0 and res.stdout.strip() == "web-page", res.stderr
+        res = cli("run", "--rm", "--network", "bridge", "--link", "web:db", "--", "sh", "-c",
+                  "grep -w db /etc/hosts && grep -c localhost /etc/hosts && wget -qO- http://db/i")
+        lines = res.stdout.split("\n")
+        assert res.returncode == 0 and lines[0].endswith("\tdb web") and lines[2] == "web-page", res.stdout + res.stderr
+        ws.run_line("unshare net")
+        ws.run_line("unshare mnt")
+        ws.run_line("chroot")
+        for line in ("net up lo", "net veth", "net bridge", "net addr"):
+            ws.run_line(line)
+        link = ws.run_line("net link web:db")
+        assert link.equivalents.docker.startswith("docker run -it --link web:db ")
+        out = ws.run_line("exec wget -qO- http://db/i").output
+        assert out.stdout.strip() == "web-page", out.stderr
+    finally:
+        cli("docker", "rm", "-f", "web")
+
+
+@root
+def test_cleanup_after_kill_9_of_run_with_bridge_and_published_port(host_clean: None) -> None:
+    port = free_port()
+    proc = subprocess.Popen([*JAILSHELL, "run", "--rm", "--network", "bridge", "-p", f"{port}:80", "--", "sleep", "30"],
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        deadline = time.monotonic() + 15
+        while not port_open(port):
+            assert time.monotonic() < deadline, "run never published its port"
+            time.sleep(0.05)
+        assert "jailshell0" in os.listdir("/sys/class/net") and fw.nft_tables()
+    finally:
+        proc.kill()  # SIGKILL: no finally, no journal replay
+        proc.wait()
+    deadline = time.monotonic() + 5
+    while port_open(port) or [x for x in os.listdir("/sys/class/net") if x.startswith("jsh")]:
+        assert time.monotonic() < deadline, "the container's process, veth or proxy outlived jailshell"
+        time.sleep(0.05)
+    res = cli("cleanup")
+    assert res.returncode == 0, res.stdout + res.stderr
+    # The host_clean fixture checks the rest: bridge, nft tables, ip_forward, journals.
+
+
+@root
+@pytest.mark.parametrize("backend", ["nft", "iptables"])
+def test_nat_over_a_plain_veth_forwards_past_a_forward_drop_policy(backend: str) -> None:
+    """Docker's FORWARD DROP also stops a jail on a veth of its own (no
+    bridge) from reaching beyond the host: `net nat` then adds that veth's
+    FORWARD rules, journaled, and they go with the jail. Played in a private
+    network namespace with its own "outside" namespace behind it."""
+    res = subprocess.run(["unshare", "--net", sys.executable, "-c", VETH_NAT_SCENARIO, backend], capture_output=True,
+                         text=True, timeout=60, env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1])))
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.split()[-1] == "ok", res.stdout
+
+
+VETH_NAT_SCENARIO = """
+import os, subprocess, sys, time
+from jailshell.engine.jail import Jail
+from jailshell.engine.network import JailNet, NetConfig
+
+def sh(cmd):
+    subprocess.run(cmd, shell=True, check=True, capture_output=True, timeout=10)
+
+def rules():
+    return subprocess.run(["iptables-save"], capture_output=True, text=True).stdout
+
+def ping(j):
+    return j.exec(["ping", "-c", "2", "-i", "0.2", "-W", "1", "198.51.100.2"], timeout=10).returncode == 0
+
+sh("iptables -P FORWARD DROP && ip link set lo up")
+outside = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+j = Jail.create()
+try:
+    deadline = time.monotonic() + 5
+    while os.stat(f"/proc/{outside.pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino:
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    sh(f"ip link add jstout0 type veth peer name jstout1 && ip link set jstout1 netns {outside.pid}"
+       " && ip addr add 198.51.100.1/24 dev jstout0 && ip link set jstout0 up")
+    sh(f"nsenter --target {outside.pid} --net sh -c 'ip addr add 198.51.100.2/24 dev jstout1 && ip link set jstout1 up'")
+    j.unshare("net")
+    n = JailNet.for_jail(j, NetConfig.create(firewall=sys.argv[1]))
+    n.lo_up()
+    n.veth()
+    n.addr()
+    step = n.nat()
+    shown = [c for c in step.equivalents.raw if c.startswith("iptables -t filter -A FORWARD -i " + n.host_end)]
+    assert len(shown) == 1, step.equivalents.raw
+    assert rules().count("jailshell:" + j.id) >= 2, rules()
+    assert ping(j), "jail -> outside through the host"
+    sh("iptables -D FORWARD " + shown[0].split(" -A FORWARD ", 1)[1])  # the control: without it, no way out
+    assert not ping(j), "the FORWARD rule made no difference"
+finally:
+    j.close()
+    outside.kill()
+    outside.wait()
+assert "jailshell" not in rules() and n.host_end not in os.listdir("/sys/class/net"), rules()
+print("ok")
+"""
+
+
+@root
+def test_run_link_reaches_a_named_run_jail_in_another_terminal(host_clean: None) -> None:
+    """`jailshell run --name srv --network bridge ...` in one terminal,
+    `jailshell run --network bridge --link srv ...` in another: the name is
+    found through the address lease the first one holds."""
+    from jailshell.engine import net_shared
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    server = subprocess.Popen([*JAILSHELL, "run", "--rm", "--name", "srv", "--network", "bridge", "--", "sh", "-c",
+                               "echo named-hello | nc -l -p 80"], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        subnet = NetConfig.create().subnet
+        deadline = time.monotonic() + 15
+        while True:
+            held = net_shared.named_lease("srv", subnet)
+            with contextlib.suppress(OSError):  # busybox nc listens on :: (tcp6)
+                if held is not None and any(b":0050 " in Path(f"/proc/{held.fields['pid']}/net/{t}").read_bytes()
+                                            for t in ("tcp", "tcp6")):
+                    break
+            assert time.monotonic() < deadline and server.poll() is None, "the named jail never listened"
+            time.sleep(0.05)
+        res = cli("run", "--rm", "--network", "bridge", "--link", "srv:backend", "--", "sh", "-c",
+                  "grep backend /etc/hosts; nc backend 80")
+        assert res.returncode == 0, res.stderr
+        lines = res.stdout.splitlines()
+        assert lines[0] == f"{held.fields['address']}\tbackend srv" and lines[-1] == "named-hello", res.stdout
+        _, err = server.communicate(timeout=15)
+        assert server.returncode == 0, err
+    finally:
+        if server.poll() is None:
+            server.kill()
+            server.wait()
+            cli("cleanup")  # what the killed jailshell left
+    assert net_shared.named_lease("srv", subnet) is None
+
+
+OTHER_RUN_DIR_JAIL = """
+import sys
+from jailshell.engine.jail import Jail
+from jailshell.engine.network import JailNet
+
+j = Jail.create()
+try:
+    j.unshare("net")
+    n = JailNet.for_jail(j)
+    n.connect("bridge")
+    print(n.address, n.host_end, flush=True)
+    sys.stdin.readline()
+finally:
+    j.close()
+"""
+
+
+@root
+def test_jailshells_with_other_run_dirs_share_the_bridge_but_never_an_address(
+        jails: Callable[..., tuple[Jail, JailNet]], tmp_path: Path) -> None:
+    """The bridge and the subnet are the host's: a jailshell with another run
+    directory (another JAILSHELL_RUN_DIR) must not get the same address, see
+    the other's live veth as a leftover, or remove the bridge under it."""
+    other = subprocess.Popen([sys.executable, "-c", OTHER_RUN_DIR_JAIL], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "JAILSHELL_RUN_DIR": str(tmp_path / "run2"),
+                                  "PYTHONPATH": str(Path(__file__).parents[1])})
+    try:
+        assert other.stdout is not None and other.stdin is not None
+        their_address, their_veth = other.stdout.readline().split()
+        j, n = jails()
+        n.connect("bridge")
+        assert str(n.address) != their_address
+        assert not [f for f in net.find_leftovers() if their_veth in f or "jailshell0" in f]
+        j.close()
+        assert "jailshell0" in os.listdir("/sys/class/net"), "the other jailshell's jail still uses the bridge"
+        assert ping(their_address)
+        other.stdin.write("\n")
+        other.stdin.flush()
+        assert other.wait(timeout=15) == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    assert "jailshell0" not in os.listdir("/sys/class/net")
+    assert not [r for r in net_registry.REGISTRY.glob("*.reg") if r.read_text().startswith(str(tmp_path))]
+
+
+@root
+def test_run_network_bridge_without_root_is_refused_before_anything_is_made() -> None:
+    from jailshell.errors import NeedsRoot
+    from tests.unprivileged import as_nobody
+
+    def scenario() -> int:
+        try:
+            net.check_run_options("bridge", ["8080:80"], [])
+        except NeedsRoot as exc:
+            return 0 if "--network bridge" in str(exc) else 11
+        return 10
+
+    status, out = as_nobody(scenario)
+    assert status == 0, out

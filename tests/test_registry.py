@@ -383,6 +383,22 @@ def test_cli_pull(registry: Registry, tmp_path: Path, monkeypatch: pytest.Monkey
     assert cli_main(["image", "pull", "UPPER/case"]) == 2
 
 
+def test_cli_pull_draws_progress_bars_on_a_terminal(registry: Registry, layout: Path, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from jailshell.engine.images import cli_image
+
+    monkeypatch.setenv("JAILSHELL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setattr(cli_image, "_is_tty", lambda stream: True)
+    assert cli_main(["image", "pull", f"{registry.host}/test/bb:1"]) == 0
+    err = capsys.readouterr().err
+    # one bar per layer, drawn by rich (its final state, as the terminal keeps it), and the layer lines
+    layers = manifest_of(layout)["layers"]
+    for layer in layers:
+        assert f"{layer['digest'][7:19]} done" in err
+    assert "layer 3/3" in err and "━" in err
+
+
 @pytest.mark.parametrize(("text", "registry", "repository", "tag", "url"), [
     ("alpine", "docker.io", "library/alpine", "latest", "https://registry-1.docker.io/v2/library/alpine"),
     ("alpine:3.10", "docker.io", "library/alpine", "3.10", "https://registry-1.docker.io/v2/library/alpine"),
@@ -418,3 +434,41 @@ def test_registry_unreachable_is_a_clear_error(store: ImageStore) -> None:
         pull(f"127.0.0.1:{port}/x:1", store=store)
     assert Client(Reference.parse(f"127.0.0.1:{port}/x")).ref.is_loopback
     assert list(store.images()) == []
+
+
+def test_a_layer_is_read_while_it_downloads(tmp_path: Path) -> None:
+    """The reader of a growing blob waits for bytes, never reads past what the
+    downloader wrote, follows the rename at the end, and fails with the download."""
+    from jailshell.engine.images.registry import Growing
+
+    data = bytes(range(256)) * 4096
+    dest = tmp_path / "blob"
+    growing = Growing(dest)
+    reader = growing.reader()
+    seen: list[int] = []
+
+    def download() -> None:
+        with open(growing.part, "wb", buffering=0) as out:
+            growing.started(0)
+            for i in range(0, len(data), 100_000):
+                out.write(data[i:i + 100_000])
+                growing.wrote(len(data[i:i + 100_000]))
+                seen.append(growing.written)
+                time.sleep(0.005)
+        growing.finish(lambda: growing.part.rename(dest))
+
+    thread = threading.Thread(target=download)
+    thread.start()
+    got = bytearray()
+    while chunk := reader.read(70_000):
+        assert len(got) + len(chunk) <= max(seen, default=len(data)) or growing.done
+        got += chunk
+    thread.join()
+    reader.close()
+    assert bytes(got) == data and dest.is_file() and not growing.part.exists()
+
+    failing = Growing(tmp_path / "other")
+    reader = failing.reader()
+    failing.fail(JailshellError("blob digest mismatch: expected x, got y"))
+    with pytest.raises(JailshellError, match="digest mismatch"):
+        reader.read(10)

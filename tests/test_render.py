@@ -15,7 +15,10 @@ from typing import Any
 import pytest
 
 from jailshell.commands.builtin import default_registry
+from jailshell.commands.cgroup_cmds import files as cgroup_files
 from jailshell.commands.results import (
+    CgroupFiles,
+    CgroupView,
     CheckOutcome,
     DiffView,
     HelpView,
@@ -82,6 +85,24 @@ UNSHARE_UTS = StepReport(
     shows=("namespaces", "hostname"))
 
 
+CG_ROWS = [("memory used", "1.2 MiB", "/sys/fs/cgroup/memory/jailshell/1a2b3c4d/memory.usage_in_bytes"),
+           ("memory limit", "64.0 MiB", "/sys/fs/cgroup/memory/jailshell/1a2b3c4d/memory.limit_in_bytes"),
+           ("tasks", "1", "/sys/fs/cgroup/pids/jailshell/1a2b3c4d/pids.current"),
+           ("task limit", "20", "/sys/fs/cgroup/pids/jailshell/1a2b3c4d/pids.max"),
+           ("cpu limit", "0.5 CPUs", "/sys/fs/cgroup/cpu/jailshell/1a2b3c4d/cpu.cfs_quota_us")]
+CG_DIRS = [f"/sys/fs/cgroup/{c}/jailshell/1a2b3c4d" for c in ("memory", "pids", "cpu")]
+CGROUP_STEP = StepReport(
+    "cgroup pids=20", "cgroup", "host",
+    Equivalents("docker update --pids-limit 20 CONTAINER    # from the start: docker run --pids-limit 20 busybox sh",
+                ["echo 20 > /sys/fs/cgroup/pids/jailshell/1a2b3c4d/pids.max"], note="a cgroup is a directory"),
+    before=snap(), after=snap(), shows=(),
+    cgroup=CgroupView("jailshell/1a2b3c4d", "hybrid cgroup v1 + v2", CG_ROWS, CG_DIRS,
+                      before={"memory used": "1.1 MiB", "memory limit": "64.0 MiB", "tasks": "1", "task limit": "max",
+                              "cpu limit": "0.5 CPUs"},
+                      other=("cgroup v2", ["echo 20 > /sys/fs/cgroup/jailshell/1a2b3c4d/pids.max"]),
+                      docker="docker stats --no-stream CONTAINER"))
+
+
 def position(li: int = 0, si: int = 1) -> Position:
     lesson = COURSE.lessons[li]
     return Position(lesson, li + 1, lesson.steps[si], si + 1, len(COURSE.lessons))
@@ -122,7 +143,13 @@ CASES: dict[str, Any] = {
                                                                              "uts: host 1, jail 2"),
                                   Preview(position(1, 0), COURSE, lesson_changed=True)),
     "lessons": LessonList(COURSE, {"uts-and-pid": {"start"}}, ("uts-and-pid", "unshare-uts")),
-    "help": HelpView(list(default_registry())),
+    # A fixed choice of commands: the registry grows, this screen should not have to.
+    "help": HelpView([default_registry().resolve(n) for n in ("create", "unshare", "hostname", "mount", "exec", "ns",
+                                                              "state", "next", "step", "lessons", "help", "quit")]),
+    "cgroup_step": CGROUP_STEP,
+    "cgroup_show": CgroupView("jailshell/1a2b3c4d", "hybrid cgroup v1 + v2 at /sys/fs/cgroup", CG_ROWS, CG_DIRS,
+                              docker="docker stats --no-stream CONTAINER    # usage; the limits: docker inspect"),
+    "cgroup_files": CgroupFiles(cgroup_files().rows, {"memory": 1, "pids": 1, "cpu": 1}, "hybrid"),
     "help_mount": HelpView(list(default_registry()), default_registry().resolve("mount")),
     "messages": [Message("done", "ok"), Message("careful", "warn"), Message("no", "error", "do this instead"),
                  CheckOutcome("hostname-is box", False, "host 'vm', jail 'jail'", "try")],

@@ -27,14 +27,18 @@ from jailshell.ui.completer import CommandCompleter
 from jailshell.ui.lexer import lex_line
 from jailshell.ui.toolbar import create_toolbar_tokens_func
 
+# The REPL is tested on a course of its own, so the shipped one can change freely.
+COURSE = Path(__file__).parent / "data" / "course.yaml"
 F1 = "\x1bOP"
 CTRL_C, CTRL_D = "\x03", "\x04"
+# A fixed course: these tests are about the REPL, not about the shipped course's contents.
+COURSE = Path(__file__).parent / "data" / "course.yaml"
 
 
 class Session:
     """One REPL run: keys in, rendered text and exit status out."""
 
-    def __init__(self, state: Path, *, lessons: Path | None = None):
+    def __init__(self, state: Path, *, lessons: Path | None = COURSE):
         self.buf = io.StringIO()
         self.ctx = AppContext.for_streams(self.buf, width=100, state_dir=state, stdin_isatty=True,
                                           stdout_isatty=True)
@@ -118,10 +122,10 @@ def test_progress_is_resumed_by_id(session: Session, tmp_path: Path) -> None:
     (state / "progress.json").write_text(json.dumps(
         {"format": 1, "courses": {"containers-by-hand": {"position": ["uts-and-pid", "hostname"], "done": {}}}}))
     out, _ = Session(state).run(CTRL_D)
-    assert "Welcome back. You are at lesson 1/2 · step 3/5" in flat(out)
+    assert "Welcome back. You are at lesson 1/3 · step 3/5" in flat(out)
     (state / "progress.json").write_text("{not json")
     out, _ = Session(state).run(CTRL_D)
-    assert "your progress file was damaged" in flat(out) and "You are at lesson 1/2 · step 1/5" in flat(out)
+    assert "your progress file was damaged" in flat(out) and "You are at lesson 1/3 · step 1/5" in flat(out)
 
 
 def test_completion_of_commands_and_arguments(session: Session) -> None:
@@ -157,7 +161,7 @@ def test_piped_input_runs_through_the_same_dispatcher(tmp_path: Path) -> None:
     ctx = AppContext.for_streams(out, width=80, state_dir=tmp_path, stdin=io.StringIO("lessons\n# a comment\n\n"
                                                                                        "unshar uts\nhint\n"))
     ctx.stderr = err
-    status = run_piped(ctx, build_workspace(ctx))
+    status = run_piped(ctx, build_workspace(ctx, lessons=COURSE))
     assert "uts-and-pid" in out.getvalue() and "Press Enter" in out.getvalue()
     assert err.getvalue().startswith("jailshell: line 4: unknown command 'unshar' — did you mean 'unshare'?")
     assert status == 2  # the last failure's status (a usage error)
@@ -168,7 +172,7 @@ def test_shell_needs_a_terminal(tmp_path: Path) -> None:
     err = io.StringIO()
     ctx = AppContext.for_streams(io.StringIO(), state_dir=tmp_path, stdin=io.StringIO("shell\n"))
     ctx.stderr = err
-    assert run_piped(ctx, build_workspace(ctx)) == 1
+    assert run_piped(ctx, build_workspace(ctx, lessons=COURSE)) == 1
     assert "'shell' needs a terminal" in err.getvalue()
 
 
@@ -269,3 +273,106 @@ def test_script_is_a_runnable_take_home(session: Session, tmp_path: Path) -> Non
     assert res.returncode == 0, res.stderr
     lines = res.stdout.split()[-3:]
     assert lines[0] == "jail" and lines[1] == "sleep" and int(lines[2]) <= 4
+
+
+WALK_COURSE = """\
+format_version: 1
+id: walker
+title: Walker
+welcome: Hello.
+final: Bye.
+lessons:
+  - id: one
+    title: One
+    summary: A plan walked by the lesson.
+    steps:
+      - id: plan
+        title: The plan
+        text: docker run, by hand.
+        run: docker run --name walked --network none busybox true
+      - id: walk
+        title: Its first step
+        text: The lesson walks it.
+        run: walk
+"""
+
+
+def test_enter_walks_a_docker_plan_unless_the_lesson_walks_it(session: Session, tmp_path: Path) -> None:
+    from jailshell.commands import docker_cmds
+    from jailshell.ui.app import enter_line
+
+    ws = session.ws
+    assert enter_line(ws) == "next"
+    docker_cmds._PENDING[ws] = object()  # type: ignore[assignment]  # a plan is being walked
+    try:
+        assert enter_line(ws) == "walk"
+        bar = "".join(t for _, t in create_toolbar_tokens_func(ws)())
+        assert "Enter walk the docker plan" in bar
+        course = tmp_path / "walk.yaml"
+        course.write_text(WALK_COURSE)
+        walker = Session(tmp_path / "state2", lessons=course)
+        assert walker.ws.tutor is not None
+        walker.ws.tutor.li, walker.ws.tutor.si = 0, 1  # the lesson's next step is `walk`
+        docker_cmds._PENDING[walker.ws] = object()  # type: ignore[assignment]
+        assert enter_line(walker.ws) == "next"
+    finally:
+        docker_cmds._PENDING.pop(ws, None)
+    free = Session(tmp_path / "state3", lessons=None)
+    free.ws.tutor = None
+    assert enter_line(free.ws) is None  # no course, no plan: Enter does nothing
+
+
+def test_history_is_the_learner_s_and_theirs_under_sudo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pwd
+
+    from jailshell import paths
+
+    user = next(u for u in pwd.getpwall() if u.pw_uid not in (0, os.getuid()) and u.pw_dir not in ("", "/"))
+    monkeypatch.delenv("JAILSHELL_STATE_DIR", raising=False)
+    monkeypatch.setenv("SUDO_USER", user.pw_name)
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "root-xdg"))
+    if os.geteuid() == 0:
+        # Under sudo, root's XDG_STATE_HOME is not the learner's: their home is used.
+        assert paths.user_state_dir() == Path(user.pw_dir) / ".local/state/jailshell"
+    monkeypatch.setenv("SUDO_UID", str(user.pw_uid))
+    monkeypatch.setenv("SUDO_GID", str(user.pw_gid))
+    s = Session(tmp_path / "state")
+    with create_pipe_input() as inp:
+        inp.send_text("lessons\r" + CTRL_D)
+        inp.close()
+        Repl(s.ctx, s.ws, pt_input=inp, pt_output=DummyOutput(), history=True).run()
+    hist = tmp_path / "state" / "history"
+    assert "+lessons" in hist.read_text()
+    if os.geteuid() == 0:
+        assert (hist.stat().st_uid, (tmp_path / "state").stat().st_uid) == (user.pw_uid, user.pw_uid)
+    again = Session(tmp_path / "state")
+    with create_pipe_input() as inp:
+        inp.send_text("\x1b[A\r" + CTRL_D)  # Up recalls the last line of the earlier session
+        inp.close()
+        Repl(again.ctx, again.ws, pt_input=inp, pt_output=DummyOutput(), history=True).run()
+    assert "uts-and-pid" in again.buf.getvalue()
+
+
+@pytest.mark.root
+def test_presenter_mode_asks_before_each_step_and_shows_both_sides(tmp_path: Path) -> None:
+    s = Session(tmp_path / "state")
+    s.ctx.present = True
+    out, _ = s.run("\r" + "n\r" + "\r" + "y\r" + "\r" + "\r" + "quit --yes\r")
+    # The first Enter was answered no: nothing ran; the next two ran steps 1 and 2.
+    assert out.count("✓ check") == 2 and "check shared uts" in out and "check isolated uts" in out
+    assert "HOST" in out and "JAIL" in out  # side by side
+    assert "Move: Enter runs the step" not in out  # less chrome
+
+
+def test_a_broken_status_line_does_not_end_the_session(session: Session) -> None:
+    class Broken:
+        alive = True
+
+        @property
+        def pid(self) -> int:
+            raise RuntimeError("no pid")
+
+    session.ws.session.jail = Broken()  # type: ignore[assignment]
+    text = "".join(t for _, t in create_toolbar_tokens_func(session.ws)())
+    assert "status unavailable (RuntimeError: no pid)" in text
+    session.ws.session.jail = None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jailshell.commands import course_cmds, docker_cmds, jail_cmds
+from jailshell.commands import cgroup_cmds, course_cmds, docker_cmds, image_cmds, jail_cmds, net_cmds
 from jailshell.commands.registry import Registry
 
 if TYPE_CHECKING:
@@ -16,7 +16,14 @@ if TYPE_CHECKING:
 
 
 def default_registry() -> Registry:
-    return Registry([*jail_cmds.commands(), *course_cmds.commands(), *docker_cmds.commands()])
+    return Registry([
+        *jail_cmds.commands(),
+        *cgroup_cmds.commands(),
+        *course_cmds.commands(),
+        *docker_cmds.commands(),
+        *net_cmds.commands(),
+        *image_cmds.commands(),
+    ])
 
 
 def load_course(path: Path | None = None, registry: Registry | None = None) -> Course:

@@ -16,6 +16,7 @@ data; those that need the terminal are handed over to it.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import weakref
 from dataclasses import dataclass
@@ -47,14 +48,27 @@ def _drop(ws: Workspace) -> Pending | None:
     return p
 
 
+def walking(ws: Workspace) -> bool:
+    """Whether a docker plan is being walked here (Enter on an empty line walks it)."""
+    return ws in _PENDING
+
+
 def cmd_docker(ws: Workspace, args: Args) -> Any:
     from jailshell.engine import dockerline
 
     words = list(args["line"])
-    all_at_once = len(words) > 1 and words[0] in ("run", "create") and words[1] == "--all"
-    if all_at_once:
-        del words[1]  # jailshell's own flag: docker has no --all for run
-    cmd = dockerline.parse(words)
+    cmd, all_at_once = None, False
+    if "--all" in words:
+        # jailshell's own flag (docker has no --all for run): anywhere among the
+        # flags, not after the image, where it belongs to the container's command.
+        i = words.index("--all")
+        rest = words[:i] + words[i + 1:]
+        with contextlib.suppress(InvalidInput):
+            cmd = dockerline.parse(rest)
+            all_at_once = cmd.verb in ("run", "create") and i <= len(rest) - len(cmd.args)
+    if not all_at_once:
+        cmd = dockerline.parse(words)
+    assert cmd is not None
     if cmd.verb in ("run", "create"):
         return _begin(ws, cmd, all_at_once)
     return _other(ws, cmd)
@@ -105,7 +119,8 @@ def _begin(ws: Workspace, cmd: DockerCommand, all_at_once: bool) -> Results:
     if all_at_once:
         items += _walk(ws, p, every=True)
     else:
-        items.append(Message("`walk` takes the next step, `walk all` every step left, `walk abort` drops the plan",
+        items.append(Message("Enter (or `walk`) takes the next step, `walk all` every step left, `walk abort` drops "
+                             "the plan",
                              hint=f"step 1: {steps[0].title}"))
     return Results(items)
 
@@ -188,8 +203,13 @@ def _start(ws: Workspace, p: Pending) -> Any:
     if not (spec.tty or spec.interactive):
         # Output only: it streams here as it comes (Ctrl-C is passed on to PID 1).
         total = len(creation.plan.steps)
-        return Results([StepReport(f"walk    # step {total}/{total}: {s.title}", "docker-exec", "host", eq,
-                                   notes=[s.why]), run()])
+        report = StepReport(f"walk    # step {total}/{total}: {s.title}", "docker-exec", "host", eq, notes=[s.why])
+        if ws.ctx.interactive:
+            # At the prompt, the step is shown first and its output follows; piped
+            # lines are shown when the command is done, so it runs now.
+            return Results([report, Handover(f"Starting {name}: its output follows (Ctrl-C is passed on to "
+                                             "PID 1).", run)])
+        return Results([report, run()])
     return Handover(f"Starting {name}: its PID 1 has this terminal"
                     + (" (Ctrl-P Ctrl-Q detaches)" if spec.tty and spec.interactive else "") + ".", run, eq)
 
@@ -253,6 +273,10 @@ def _other(ws: Workspace, cmd: DockerCommand) -> Any:
     if not streams:
         return _captured(cmd)
     needs_terminal = bool(o.get("interactive") or o.get("tty"))
+    if cmd.verb in ("attach", "exec"):
+        rec = containers.resolve(cmd.args[0])
+        if rec.state != "running":  # said before the terminal is handed over, not after
+            raise JailshellError(f"container {rec.name} is not running", hint=f"start {rec.name}")
     if cmd.verb in ("attach", "start") and (cmd.verb == "attach" or o.get("attach")):
         spec = containers.resolve(cmd.args[0]).spec
         needs_terminal = needs_terminal or spec.tty or (spec.interactive and cmd.verb == "attach")

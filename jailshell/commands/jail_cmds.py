@@ -242,6 +242,22 @@ def cmd_escape(ws: Workspace, args: Args) -> Message:
     return Message(f"No escape: {res.get('error')}", "ok")
 
 
+def cmd_rootless(ws: Workspace, args: Args) -> StepReport:
+    """The jail's namespaces made by an unprivileged user (nobody), in a throwaway
+    process: what the kernel grants without root, and what it still refuses."""
+    from jailshell.engine import rootless
+    from jailshell.engine.equivalents import Equivalents
+
+    with step_not_interruptible():
+        result = rootless.probe()
+    ok, summary = rootless.expected(result)
+    eq = Equivalents(docker="dockerd-rootless-setuptool.sh install    # rootless docker: the daemon runs as you",
+                     raw=[rootless.shell_equivalent()],
+                     note="setpriv drops to uid 65534 with no capabilities; unshare -r maps root inside to it")
+    return StepReport("rootless", "rootless", "host", eq,
+                      notes=[summary if ok else f"unexpected answer from the kernel: {summary}"])
+
+
 def cmd_shell(ws: Workspace, args: Args) -> Handover:
     from jailshell.engine import equivalents
 
@@ -250,7 +266,16 @@ def cmd_shell(ws: Workspace, args: Args) -> Handover:
     eq = equivalents.for_step("exec", jail, argv=argv or ["/bin/sh"])
 
     def run() -> Message:
-        status = jail.shell(argv)
+        import signal
+
+        # The shell's process makes itself the terminal's foreground group before it
+        # execs (tcsetpgrp); from a background group that stops it with SIGTTOU,
+        # unless SIGTTOU is ignored when it is forked (it is reset right before exec).
+        ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
+        try:
+            status = jail.shell(argv)
+        finally:
+            signal.signal(signal.SIGTTOU, ttou)
         return Message(f"Back from the jail (exit status {status}); the jail is as you left it.")
 
     return Handover(f"Entering the jail (PID {jail.pid}): this shell runs inside it. Type `exit` (or Ctrl-D) "
@@ -265,7 +290,12 @@ def _view(sections: tuple[str, ...], title: str) -> Callable[[Workspace, Args], 
         from jailshell.engine import inspect
 
         jail, _ = ws.session.ensure()
-        return StateView(inspect.snapshot(jail), sections, title)
+        view = StateView(inspect.snapshot(jail), sections, title)
+        if "cgroup" in sections and jail.cgroup is not None:
+            from jailshell.commands.cgroup_cmds import view as cgroup_view
+
+            view.cgroup = cgroup_view(jail)
+        return view
     return handler
 
 
@@ -304,6 +334,8 @@ def commands() -> list[Command]:
         Command("exec", cmd_exec, "run CMD inside the jail and show its output",
                 (Arg("cmd", "command and arguments", rest=True),), where="jail"),
         Command("escape", cmd_escape, "try the classic chroot escape from inside the jail", where="jail"),
+        Command("rootless", cmd_rootless, "build namespaces as an unprivileged user (nobody) in a throwaway process: "
+                "what works without root"),
         Command("shell", cmd_shell, "an interactive shell inside the jail on this terminal (`exit` comes back)",
                 (Arg("cmd", "program to run instead of sh", rest=True, optional=True),), ("sh",), where="jail",
                 in_lessons=False, needs_tty=True),

@@ -55,6 +55,9 @@ class Command:
     in_lessons: bool = True
     # Hands the learner's terminal to another program (shell): impossible on piped input.
     needs_tty: bool = False
+    # Checks the parsed arguments beyond their choices (`cgroup memory=lots`), so
+    # a lesson's typo is a lint error at its line, not a failure in class.
+    validate: Callable[[Args], None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def usage(self) -> str:
@@ -89,6 +92,8 @@ class Command:
             out[arg.name] = value
         if words:
             raise self._usage_error(f"'{self.name}': unexpected '{' '.join(words)}'")
+        if self.validate is not None:
+            self.validate(out)
         return out
 
     def _usage_error(self, message: str) -> InvalidInput:

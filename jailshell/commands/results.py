@@ -40,6 +40,8 @@ class StepReport:
     shows: tuple[str, ...] = ()
     output: ExecResult | None = None
     notes: list[str] = field(default_factory=list)
+    # Limits and usage of the jail's cgroup, before and after (the cgroup command).
+    cgroup: CgroupView | None = None
 
     def touched(self) -> list[str]:
         """Sections to show: the ones the operation is about, then any other that changed."""
@@ -55,6 +57,30 @@ class StateView:
     snapshot: Snapshot
     sections: tuple[str, ...]
     title: str = "live state"
+    cgroup: CgroupView | None = None  # the jail's cgroup limits and usage, when it has a cgroup
+
+
+@dataclass
+class CgroupView:
+    """The limits and counters of the jail's cgroup (`cgroup`), read from its files."""
+
+    name: str  # jailshell/<jail id>
+    layout: str  # one line: cgroup version and where each controller is
+    rows: list[tuple[str, str, str]]  # (what, value now, file it was read from)
+    dirs: list[str]  # the cgroup's directories (v1: one per hierarchy)
+    before: dict[str, str] | None = None  # what -> value before the step that changed it
+    # The same step on the other cgroup version: ("cgroup v2", commands), to compare.
+    other: tuple[str, list[str]] | None = None
+    docker: str = ""  # docker's way to see the same numbers
+
+
+@dataclass
+class CgroupFiles:
+    """Which file holds which knob on cgroup v1 and on v2, and the docker flag for it."""
+
+    rows: list[tuple[str, str, str, str]]  # (what, v1 file, v2 file, docker flag or command)
+    here: dict[str, int]  # controller -> the version this machine uses for it
+    layout: str
 
 
 @dataclass

@@ -26,7 +26,27 @@ _STARTED_BY_PREAMBLE = {"create", "unshare", "chroot"}
 
 def _retarget(line: str, pid: int) -> str:
     line = re.sub(rf"--target {pid}(?![0-9])", '--target "$JAIL"', line)
+    line = re.sub(rf"^echo {pid} > ", 'echo "$JAIL" > ', line)  # joining a cgroup
+    line = re.sub(rf"^(ip link set \S+ netns|ip netns attach \S+) {pid}$", r'\1 "$JAIL"', line)  # net steps
     return re.sub(rf"/proc/{pid}/", "/proc/$JAIL/", line)
+
+
+def _cgroup_dirs(steps: list[Done]) -> tuple[dict[str, str], list[str]]:
+    """The session's cgroups get a name of the script's own (the session's
+    jail may still be running in them): old name -> new, and the directories
+    the script makes, deepest first, for its cleanup."""
+    from jailshell.engine.cgroups import PARENT
+
+    names = {d.params["name"]: "take-home-$$" for d in steps if d.op == "cgroup" and d.params.get("name")}
+    dirs: list[str] = []
+    for d in steps:
+        for line in (d.equivalents.raw if d.equivalents and d.op == "cgroup" else []):
+            path = line.removeprefix("mkdir -p ")
+            if path != line and path.rsplit("/", 1)[-1] != PARENT:
+                for old, new in names.items():
+                    path = path.replace(f"/{PARENT}/{old}", f"/{PARENT}/{new}")
+                dirs.append(path)
+    return names, list(dict.fromkeys(dirs))
 
 
 def build(session: JailSession, name: str = "jailshell-session.sh") -> str:
@@ -52,7 +72,10 @@ def build(session: JailSession, name: str = "jailshell-session.sh") -> str:
         "# everything it made is removed when it ends.",
         "set -eu",
         "",
-        "# The root filesystem: " + (create.note or "a private copy of the image") + ".",
+        "# The root filesystem: " + (create.note or "a private copy of the image") + ",",
+        "# in a directory of the script's own (exported: the sh -c lines below use it too).",
+        "DIR=$(mktemp -d /tmp/jailshell-take-home.XXXXXX)",
+        "export DIR",
         *[line for line in create.raw if line.split()[0] in ("mkdir", "mount", "cp")],
         "",
         "# The jail's process. No command can unshare another process, so it starts with every",
@@ -73,18 +96,35 @@ def build(session: JailSession, name: str = "jailshell-session.sh") -> str:
     else:
         out += ["JAIL=$STARTER", "sleep 0.1"]
     jail_dir = str(jail.dir)
+    renamed, cgroup_dirs = _cgroup_dirs(steps)
     out += [
         "cleanup() {",
-        '  kill -KILL "$JAIL" "$STARTER" 2>/dev/null || true',
+        # The jail first: unshare --fork reaps it and exits, so no zombie keeps a cgroup busy.
+        '  kill -KILL "${JAIL:-$STARTER}" 2>/dev/null || true',
         '  wait "$STARTER" 2>/dev/null || true',
         f"  umount {shlex.quote(rootfs)} 2>/dev/null || true",
-        f"  rm -rf {shlex.quote(jail_dir)}",
+        f"  rm -rf {shlex.quote(jail_dir)}",  # (both become $DIR below)
+    ]
+    if cgroup_dirs:
+        # A cgroup is busy for a moment after its last process died; the shared parent goes if empty.
+        parents = " ".join(dict.fromkeys(d.rsplit("/", 1)[0] for d in cgroup_dirs))
+        out += [f"  for d in {' '.join(cgroup_dirs)}; do",
+                '    for _ in 1 2 3 4 5 6 7 8 9 10; do rmdir "$d" 2>/dev/null && break; sleep 0.1; done',
+                "  done",
+                f"  rmdir {parents} 2>/dev/null || true"]
+    out += [
         "}",
         "trap cleanup EXIT",
         "",
     ]
     for i, d in enumerate(steps, 1):
-        out += _step_lines(i, d, rootfs, root_mode)
+        lines = _step_lines(i, d, rootfs, root_mode)
+        if d.op == "cgroup":
+            from jailshell.engine.cgroups import PARENT
+
+            for old, new in renamed.items():
+                lines = [line.replace(f"/{PARENT}/{old}", f"/{PARENT}/{new}") for line in lines]
+        out += lines
     enter = _retarget(equivalents.nsenter_prefix(jail), jail.pid)
     out += [
         "# Enter the jail, like `docker exec -it`.",
@@ -92,7 +132,8 @@ def build(session: JailSession, name: str = "jailshell-session.sh") -> str:
         f'{enter} "$@"',
         "",
     ]
-    return "\n".join(out)
+    # The session's jail directory is the live jail's: the script makes and removes its own.
+    return "\n".join(line.replace(str(jail.dir), "$DIR") for line in out)
 
 
 def _step_lines(i: int, d: Done, rootfs: str, final_root: str) -> list[str]:

@@ -344,6 +344,7 @@ def _ps(cmd: Any, o: Output) -> int:
 
 
 def _image_ls(cmd: Any, o: Output) -> int:
+    from jailshell.engine.images.cli_image import _size_of, human
     from jailshell.engine.images.store import ImageStore
 
     images = list(ImageStore().images())
@@ -352,22 +353,8 @@ def _image_ls(cmd: Any, o: Output) -> int:
             o.print(image.ref)
         return 0
     _table(o, ["REPOSITORY", "TAG", "SIZE", "SOURCE"],
-           [[i.name, i.tag, _size(i.rootfs), i.source] for i in images])
+           [[i.name, i.tag, human(_size_of(i)), i.source] for i in images])
     return 0
-
-
-def _size(root: Any) -> str:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for f in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, f)).st_size
-            except OSError:
-                pass
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if total >= size:
-            return f"{total / size:.1f}{unit}"
-    return f"{total}B"
 
 
 def _version(cmd: Any, o: Output) -> int:
@@ -396,8 +383,9 @@ def _verbs() -> list[str]:
 
 
 def _shown(verb: str) -> str:
-    return {"container-prune": "container prune", "system-prune": "system prune", "image-ls": "image ls"}.get(verb,
-                                                                                                                 verb)
+    from jailshell.engine.dockerline import _shown as shown
+
+    return shown(verb)
 
 
 def _help(cmd: Any, o: Output) -> int:

@@ -467,13 +467,16 @@ def attach_and_start(ctl: Control, rec: Record, *, stdin: bool, streams: Streams
     """Attach first, then start, in one request: not a byte of output is missed."""
     sup = _pidfd(rec.supervisor, rec.supervisor_start)
     try:
-        reply = ctl.request("attach", start=True, stdin=stdin)
-        # The record may be gone by the time we look (--rm and a quick command): take
-        # PID 1 from the reply, for passing signals on.
-        rec.pid = reply.get("pid")
-        rec.starttime = process_starttime(rec.pid) if rec.pid else None
-        rec.status = "running"
-        code = relay(ctl, rec, tty=bool(reply.get("tty")), send_stdin=stdin, streams=streams)
+        # Signals are caught before the command starts: a Ctrl-C that comes
+        # the moment it runs is passed on to it, never lost or fatal to this client.
+        with ClientSignals() as signals:
+            reply = ctl.request("attach", start=True, stdin=stdin)
+            # The record may be gone by the time we look (--rm and a quick command): take
+            # PID 1 from the reply, for passing signals on.
+            rec.pid = reply.get("pid")
+            rec.starttime = process_starttime(rec.pid) if rec.pid else None
+            rec.status = "running"
+            code = relay(ctl, rec, tty=bool(reply.get("tty")), send_stdin=stdin, streams=streams, signals=signals)
         if code is not None:
             # The supervisor reports the exit once everything is torn down; wait
             # for it to be gone too, so that nothing of the container is left.
@@ -518,8 +521,10 @@ def attach_to(ref: str, *, stdin: bool = True, streams: Streams | None = None) -
     ctl = Control.connect(rec)
     try:
         send_stdin = stdin and rec.spec.interactive
-        reply = ctl.request("attach", stdin=send_stdin)
-        return relay(ctl, rec, tty=bool(reply.get("tty")), send_stdin=send_stdin, streams=streams)
+        with ClientSignals() as signals:
+            reply = ctl.request("attach", stdin=send_stdin)
+            return relay(ctl, rec, tty=bool(reply.get("tty")), send_stdin=send_stdin, streams=streams,
+                         signals=signals)
     finally:
         ctl.close()
 
@@ -539,9 +544,42 @@ class Streams:
     notice: Callable[[str], None] = field(default=lambda text: print(text, file=sys.stderr))
 
 
-def relay(ctl: Control, rec: Record, *, tty: bool, send_stdin: bool, streams: Streams | None = None) -> int | None:
+class ClientSignals:
+    """SIGINT, SIGTERM and SIGWINCH of an attached client, caught (on the main
+    thread) and queued for relay, which passes the first two on to PID 1, as
+    docker's client does, and the last as the new window size. Installed before
+    the attach request, so none that comes while the command starts is lost."""
+
+    def __init__(self) -> None:
+        self.caught: list[int] = []
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.on_main = threading.current_thread() is threading.main_thread()
+        self._old: dict[int, Any] = {}
+        self._old_wakeup = -1
+
+    def __enter__(self) -> ClientSignals:
+        if self.on_main:
+            self._old_wakeup = signal.set_wakeup_fd(self.wake_w)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGWINCH):
+                self._old[sig] = signal.signal(sig, lambda signum, frame: self.caught.append(signum))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.on_main:
+            for sig, handler in self._old.items():
+                signal.signal(sig, handler)
+            signal.set_wakeup_fd(self._old_wakeup)
+        os.close(self.wake_r)
+        os.close(self.wake_w)
+
+
+def relay(ctl: Control, rec: Record, *, tty: bool, send_stdin: bool, streams: Streams | None = None,
+          signals: ClientSignals | None = None) -> int | None:
     """Copy the container's output here and this input there until it exits
     (its code) or the learner detaches with Ctrl-P Ctrl-Q (None)."""
+    if signals is None:
+        with ClientSignals() as own:
+            return relay(ctl, rec, tty=tty, send_stdin=send_stdin, streams=streams, signals=own)
     import termios
     import tty as ttymod
 
@@ -552,48 +590,45 @@ def relay(ctl: Control, rec: Record, *, tty: bool, send_stdin: bool, streams: St
     sock.settimeout(None)
     raw_tty = tty and send_stdin and os.isatty(s.stdin)
     saved = termios.tcgetattr(s.stdin) if raw_tty else None
-    on_main = threading.current_thread() is threading.main_thread()
-    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    caught: list[int] = []
-    old_handlers: dict[int, Any] = {}
-    old_wakeup = -1
 
     def send_size() -> None:
         with contextlib.suppress(OSError):
             size = os.get_terminal_size(s.stdin)
             sock.send(bytes([RESIZE]) + json.dumps({"rows": size.lines, "cols": size.columns}).encode())
 
-    if on_main:
-        old_wakeup = signal.set_wakeup_fd(wake_w)
-        wanted = [signal.SIGWINCH] if raw_tty else [signal.SIGINT, signal.SIGTERM]
-        for wanted_sig in wanted:
-            old_handlers[wanted_sig] = signal.signal(wanted_sig, lambda signum, frame: caught.append(signum))
     poller = select.poll()
     poller.register(sock, select.POLLIN)
-    poller.register(wake_r, select.POLLIN)
+    poller.register(signals.wake_r, select.POLLIN)
     if send_stdin:
         poller.register(s.stdin, select.POLLIN)
     saw_ctrl_p = False
     interrupts = 0
+    # Signals caught before the loop (while the command was starting) are handled at once.
+    with contextlib.suppress(BlockingIOError):  # full: it is awake already
+        os.write(signals.wake_w, b"\0")
     try:
         if raw_tty:
             ttymod.setraw(s.stdin, termios.TCSANOW)  # not TCSAFLUSH: keep what was typed ahead
             send_size()
         while True:
             for fd, _ in poller.poll():
-                if fd == wake_r:
+                if fd == signals.wake_r:
                     with contextlib.suppress(BlockingIOError):
-                        os.read(wake_r, 64)
-                    while caught:
-                        sig = caught.pop(0)
+                        os.read(signals.wake_r, 64)
+                    while signals.caught:
+                        sig = signals.caught.pop(0)
                         if sig == signal.SIGWINCH:
-                            send_size()
+                            if raw_tty:
+                                send_size()
                             continue
                         interrupts += 1
                         if interrupts > 1:
                             s.notice(f"detached from {rec.name}; it keeps running")
                             return None
-                        note = signal_pid1(rec, sig)
+                        try:
+                            note = signal_pid1(rec, sig)
+                        except JailshellError:
+                            continue  # it has just ended: its exit code is on the way
                         s.notice(f"sent {signal.Signals(sig).name} to PID 1 of {rec.name}"
                                  + (f": {note}. Ctrl-C again detaches (the container keeps running)" if note else ""))
                 elif fd == s.stdin:
@@ -632,12 +667,6 @@ def relay(ctl: Control, rec: Record, *, tty: bool, send_stdin: bool, streams: St
     finally:
         if saved is not None:
             termios.tcsetattr(s.stdin, termios.TCSADRAIN, saved)
-        if on_main:
-            for old_sig, handler in old_handlers.items():
-                signal.signal(old_sig, handler)
-            signal.set_wakeup_fd(old_wakeup)
-        os.close(wake_r)
-        os.close(wake_w)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -738,8 +767,9 @@ def stop(ref: str, timeout: float = 10) -> StopReport:
         return StopReport(rec.name, False, exit_code=rec.exit_code)
     pid = int(rec.pid or 0)
     sup = _pidfd(rec.supervisor, rec.supervisor_start)
-    report = StopReport(rec.name, True, raw=[f"kill -TERM {pid}", f"sleep {timeout:g}    # if it is still there:",
-                                             f"kill -KILL {pid}"])
+    # As one line that can be pasted: the SIGKILL fails harmlessly if SIGTERM ended it.
+    report = StopReport(rec.name, True, raw=[f"kill -TERM {pid}", f"sleep {timeout:g}",
+                                             f"kill -KILL {pid} 2>/dev/null"])
     t0 = time.monotonic()
     try:
         report.note = signal_pid1(rec, signal.SIGTERM)
@@ -779,7 +809,7 @@ def _finish_dead(rec: Record) -> list[str]:
         if not path.stem.endswith(f"-ctr-{rec.id}"):
             continue
         pid, start = jmod.owner_of(path)
-        if jmod.process_alive(pid, start):
+        if running(pid, start):  # a killed supervisor not reaped yet (a zombie) is dead too
             continue
         j = jmod.Journal.load(path)
         for entry, exc in j.undo_all():
@@ -863,28 +893,27 @@ def logs(ref: str, *, follow: bool = False, timestamps: bool = False, tail: int 
         lines = fh.readlines()
         if tail is not None:
             lines = lines[-tail:] if tail else []
-        partial = b""
+        partial = b""  # a line being written while we read: completed by the next read
         while True:
             for raw in lines:
+                raw, partial = partial + raw, b""
                 if not raw.endswith(b"\n"):
-                    partial = raw  # being written right now: read it whole next time
+                    partial = raw
                     break
                 _log_line(raw, timestamps, s)
             if not follow:
                 return
+            # Whether the supervisor (the only writer) is alive is asked before
+            # reading: once it is gone, what is read next is all there will be.
             try:
                 alive = Record.load(rec.layout).supervisor_alive
             except JailshellError:  # removed meanwhile (--rm): it has stopped for good
                 alive = False
-            more = fh.readlines()
-            if partial:
-                more = [partial + (more[0] if more else b""), *more[1:]]
-                partial = b""
-            if not more and not alive:
-                return
-            lines = more
-            if not more:
-                time.sleep(poll)
+            lines = fh.readlines()
+            if not lines:
+                if not alive:
+                    return
+                time.sleep(poll)  # nothing tells us when the file grows: look again
 
 
 def _log_line(raw: bytes, timestamps: bool, s: Streams) -> None:
@@ -936,12 +965,13 @@ def _prepare_exec(ref: str, env: list[str] | None, user: str | None) -> tuple[_R
         raise JailshellError(f"container {rec.name} is not running", hint=f"start {rec.name}")
     jail = _jail_of(rec)
     extra = dict(e.split("=", 1) for e in _env(env or []))
-    if user:
-        try:
-            uid, gid, groups, home = _user_ids(user, root=f"/proc/{jail.pid}/root")
-        except LookupError as exc:
-            raise JailshellError(str(exc)) from None
-        jail.user_ids = (uid, gid, groups)
+    # docker exec runs as the container's user (run --user) unless -u says otherwise.
+    try:
+        uid, gid, groups, home = _user_ids(user or rec.spec.user, root=f"/proc/{jail.pid}/root")
+    except LookupError as exc:
+        raise JailshellError(str(exc)) from None
+    jail.user_ids = (uid, gid, groups)
+    if not any(e.startswith("HOME=") for e in rec.spec.run.env):  # run -e HOME=... stays
         extra.setdefault("HOME", home)
     return jail, extra
 

@@ -111,7 +111,12 @@ def for_mount(jail: Jail, what: str, *, source: str | None = None, target: str |
     prefix = nsenter_prefix(jail, kinds)
     if what == "bind":
         tgt = target if jail.state.root_mode != "host" else f"{jail.rootfs}{target}"
-        raw = [f"{prefix} mount --bind {q(source)} {q(tgt)}"]
+        raw = []
+        # As for the special mounts below: the engine makes a missing mount point (a file for a file).
+        if not os.path.lexists(f"/proc/{jail.pid}/root{tgt}"):
+            raw.append(f"{prefix} mkdir -p {q(tgt)}" if source is None or os.path.isdir(source) else
+                       f"{prefix} touch {q(tgt)}")
+        raw.append(f"{prefix} mount --rbind {q(source)} {q(tgt)}")    # MS_REC, as the engine and docker -v
         if readonly:
             raw.append(f"{prefix} mount -o remount,bind,ro {q(tgt)}")
         return Equivalents(docker=f"docker run -v {source}:{target}{':ro' if readonly else ''} busybox sh", raw=raw)
@@ -123,7 +128,7 @@ def for_mount(jail: Jail, what: str, *, source: str | None = None, target: str |
         raw.append(f"{prefix} mkdir -p {tgt}")
     raw.append(f"{prefix} {steps.mount_command(m, tgt)}")
     if what == "dev":
-        raw += [f"{prefix} {cmd}" for cmd in dev_commands(tgt)]
+        raw += [f"{prefix} {cmd}" for cmd in dev_commands(tgt, in_userns="user" in jail.state.unshared)]
     docker = {
         "tmp": "docker run --tmpfs /tmp busybox sh",
         "sys": "docker run busybox sh    # /sys is mounted read-only by default",
@@ -131,9 +136,12 @@ def for_mount(jail: Jail, what: str, *, source: str | None = None, target: str |
     return Equivalents(docker=docker, raw=raw, note=m.why)
 
 
-def dev_commands(base: str) -> list[str]:
-    """What `mount dev` does after mounting the tmpfs (steps._populate_dev)."""
-    return ([f"mknod -m 666 {base}/{n} c {maj} {mi}" for n, maj, mi in steps.DEV_NODES]
+def dev_commands(base: str, *, in_userns: bool = False) -> list[str]:
+    """What `mount dev` does after mounting the tmpfs (steps._populate_dev):
+    in a user namespace mknod is refused, so the host's nodes are bound instead."""
+    nodes = ([cmd for n, _maj, _mi in steps.DEV_NODES for cmd in (f"touch {base}/{n}", f"mount --bind /dev/{n} {base}/{n}")]
+             if in_userns else [f"mknod -m 666 {base}/{n} c {maj} {mi}" for n, maj, mi in steps.DEV_NODES])
+    return (nodes
             + [f"ln -s {dest} {base}/{n}" for n, dest in steps.DEV_LINKS]
             + [f"mkdir {' '.join(f'{base}/{d}' for d in steps.DEV_DIRS)}"])
 
@@ -178,8 +186,13 @@ def for_pivot_root(jail: Jail) -> Equivalents:
 
 def for_exec(jail: Jail, argv: Sequence[str]) -> Equivalents:
     cmd = " ".join(q(a) for a in argv)
-    return Equivalents(docker=f"docker exec -it CONTAINER {cmd}",
-                       raw=[f"{nsenter_prefix(jail)} {cmd}"], where="host")
+    raw = f"{nsenter_prefix(jail)} {cmd}"
+    procs = list(getattr(jail, "cgroup_procs", None) or [])
+    if procs:
+        # nsenter does not join cgroups: without this the command would run
+        # outside the jail's limits (a memory hog would have the whole host).
+        raw = "sh -c " + q("".join(f"echo $$ > {p}; " for p in procs) + f"exec {raw}")
+    return Equivalents(docker=f"docker exec -it CONTAINER {cmd}", raw=[raw], where="host")
 
 
 def for_step(op: str, jail: Jail, **params: Any) -> Equivalents:

@@ -27,8 +27,12 @@ import socket
 import struct
 from typing import Any
 
-from jailshell.engine import steps
+# namespaces: steps.unshare() imports it lazily (steps is on `jailshell run`'s
+# light path); imported here so a holder that has chrooted can still unshare.
+from jailshell.engine import namespaces, steps
 from jailshell.engine import syscalls as sc
+
+_PRELOADED = (namespaces,)  # for steps.unshare() (see the import above)
 
 SIOCGIFFLAGS = 0x8913
 IFF_UP = 0x1

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 from typing import Any
 
+from jailshell.engine import net_registry
 from jailshell.engine.journal import Journal
 from jailshell.errors import JailshellError
 
@@ -55,13 +56,13 @@ class NftRules:
 
     def apply(self, journal: Journal) -> None:
         mine = any(e.kind == "nft" and e.fields.get("table") == self.table for e in journal.pending())
-        entry = None if mine else journal.record("nft", family="ip", table=self.table)
+        entry = None if mine else net_registry.record(journal, "nft", family="ip", table=self.table)
         try:
             _run(["nft", "-f", "-"], f"nft (table ip {self.table})", stdin="\n".join(self.commands) + "\n")
         except BaseException:
             if entry is not None:
                 # A failed transaction changes nothing, so a table we did not have is still not there.
-                journal.release(entry)
+                net_registry.release(journal, entry)
             raise
 
 
@@ -79,11 +80,11 @@ class IptablesRules:
             for table, chain, spec in self.rules:
                 if iptables_has(table, chain, spec):
                     continue
-                entry = journal.record("iptables", table=table, chain=chain, rule=list(spec))
+                entry = net_registry.record(journal, "iptables", table=table, chain=chain, rule=list(spec))
                 try:
                     _run(["iptables", "-t", table, "-A", chain, *spec], "iptables")
                 except BaseException:
-                    journal.release(entry)
+                    net_registry.release(journal, entry)
                     raise
                 added.append(entry)
         except BaseException:
@@ -230,6 +231,15 @@ def bridge_forward_rules(bridge: str) -> list[tuple[str, ...]]:
             ("-o", bridge, "-m", "conntrack", "--ctstate", "RELATED,ESTABLISHED,DNAT", *comment, "-j", "ACCEPT")]
 
 
+def veth_forward_rules(host_end: str, comment: str) -> IptablesRules:
+    """The bridge's FORWARD rules (bridge_forward_rules) for one jail's veth
+    that is not on the bridge, marked as that jail's (journaled one by one)."""
+    mark = ("-m", "comment", "--comment", comment)
+    return IptablesRules((("filter", "FORWARD", ("-i", host_end, *mark, "-j", "ACCEPT")),
+                          ("filter", "FORWARD", ("-o", host_end, "-m", "conntrack", "--ctstate",
+                                                 "RELATED,ESTABLISHED,DNAT", *mark, "-j", "ACCEPT"))))
+
+
 def bridge_forward_commands(bridge: str) -> list[str]:
     # -I: before anything in FORWARD that could drop them (docker's isolation chains).
     return [shlex.join(["iptables", "-I", "FORWARD", *spec]) for spec in bridge_forward_rules(bridge)]
@@ -263,3 +273,4 @@ def write_sysctl(key: str, value: str) -> None:
 
 def undo_iptables(fields: dict[str, Any]) -> None:
     delete_iptables_rule(fields["table"], fields["chain"], fields["rule"])
+    net_registry.unregister(fields)

@@ -4,15 +4,15 @@ The bridge, the ip_forward sysctl and the addresses of the subnet are not any
 one jail's. Each jail that uses one writes that use to its own journal; the
 *users* of a resource are the pending entries in the journals of jailshell
 processes that are still alive (a dead one's jails died with it, by
-PR_SET_PDEATHSIG). The last user to leave removes the bridge or puts the
-sysctl back to the value it had before any jail needed it. A lock on the run
-directory makes "look at the users, then change" one step.
+PR_SET_PDEATHSIG), in any run directory (net_registry). The last user to
+leave removes the bridge or puts the sysctl back to the value it had before
+any jail needed it. A host-wide lock makes "look at the users, then change"
+one step.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import secrets
@@ -21,9 +21,9 @@ from collections.abc import Callable, Iterable, Iterator
 from ipaddress import IPv4Address, IPv4Network
 from typing import TYPE_CHECKING, Any
 
-from jailshell import paths
 from jailshell.engine import journal as jmod
 from jailshell.engine import net_firewall as fw
+from jailshell.engine import net_registry
 from jailshell.engine.journal import Entry, Journal
 from jailshell.engine.net_links import delete_link, rtnl
 from jailshell.errors import InvalidInput, JailshellError, kernel_error
@@ -39,19 +39,16 @@ OUR_LINK = re.compile(r"^jsh[0-9a-f]{1,6}[hj]$")  # either end of a jail's veth 
 @contextlib.contextmanager
 def net_lock() -> Iterator[None]:
     """Serialises changes to shared resources (bridge, sysctl, address leases)
-    between the jailshell processes on this host."""
-    fd = os.open(paths.ensure_dir(paths.run_dir(), 0o700) / ".net.lock", os.O_CREAT | os.O_RDWR | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    between the jailshell processes on this host, whatever their run directory."""
+    with net_registry.lock():
         yield
-    finally:
-        os.close(fd)
 
 
 def live_entries(kind: str, match: Callable[[dict[str, Any]], bool], exclude_token: str | None = None) -> list[Entry]:
-    """Pending journal entries of live jailshell processes: who uses what now."""
+    """Pending journal entries of live jailshell processes, of every run
+    directory (net_registry): who uses what now."""
     found = []
-    for path in jmod.journals():
+    for path in net_registry.journal_paths():
         pid, start = jmod.owner_of(path)
         if not jmod.process_alive(pid, start):
             continue  # a dead owner's jails died with it
@@ -71,12 +68,13 @@ def enable_forwarding(journal: Journal) -> Entry | None:
         if current == "1" and not others:
             return None  # already on, and not by us: nothing to restore
         original = others[0].fields["original"] if others else current
-        entry = journal.record("sysctl", key=FORWARDING, value="1", original=original, token=secrets.token_hex(4))
+        entry = net_registry.record(journal, "sysctl", key=FORWARDING, value="1", original=original,
+                                    token=secrets.token_hex(4))
         if current != "1":
             try:
                 fw.write_sysctl(FORWARDING, "1")
             except OSError as exc:
-                journal.release(entry)
+                net_registry.release(journal, entry)
                 raise kernel_error(f"sysctl -w {FORWARDING}=1", exc)
         return entry
 
@@ -104,11 +102,24 @@ def pick_address(config: NetConfig, wanted: IPv4Address | None) -> IPv4Address:
     return wanted
 
 
-def lease(journal: Journal, config: NetConfig, jail_id: str, wanted: IPv4Address | None) -> Entry:
-    """Reserve an address of the subnet for this jail."""
+def lease(journal: Journal, config: NetConfig, jail_id: str, wanted: IPv4Address | None, *,
+          name: str | None = None, pid: int | None = None) -> Entry:
+    """Reserve an address of the subnet for this jail. A named jail's lease
+    (with the PID that holds its namespace) is how others --link to it."""
     with net_lock():
         address = pick_address(config, wanted)
-        return journal.record("lease", address=str(address), subnet=str(config.subnet), jail=jail_id)
+        extra = {"name": name, "pid": pid} if name else {}
+        return net_registry.record(journal, "lease", address=str(address), subnet=str(config.subnet), jail=jail_id,
+                                   **extra)
+
+
+def named_lease(name: str, subnet: IPv4Network) -> Entry | None:
+    """The live lease of the jail called NAME (`jailshell run --name NAME
+    --network bridge`) whose process is still there."""
+    for entry in live_entries("lease", lambda f: f.get("name") == name and f.get("subnet") == str(subnet)):
+        if entry.fields.get("pid") and os.path.exists(f"/proc/{entry.fields['pid']}/ns/net"):
+            return entry
+    return None
 
 
 def _free_subnet_hint(ipr: Any, bad: IPv4Network) -> str:
@@ -153,6 +164,7 @@ def check_subnet_free(config: NetConfig) -> None:
 
 def remove_bridge_if_unused(fields: dict[str, Any]) -> None:
     name = fields["name"]
+    net_registry.unregister(fields)
     with net_lock():
         others = live_entries("link", lambda f: f.get("role") == "bridge" and f.get("name") == name,
                                exclude_token=fields.get("token"))
@@ -167,6 +179,7 @@ def delete_bridge(name: str) -> None:
 
 def undo_sysctl(fields: dict[str, Any]) -> None:
     key = fields["key"]
+    net_registry.unregister(fields)
     with net_lock():
         if live_entries("sysctl", lambda f: f.get("key") == key, exclude_token=fields.get("token")):
             return  # another jail still needs it; the last one restores it
@@ -177,3 +190,4 @@ def undo_sysctl(fields: dict[str, Any]) -> None:
 def undo_lease(fields: dict[str, Any]) -> None:
     """Nothing to remove: the address lives on the jail's interface and goes
     with it. Marking the entry done is what frees the address for others."""
+    net_registry.unregister(fields)

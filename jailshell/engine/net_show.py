@@ -9,6 +9,7 @@ it was created in for its whole life, so the caller never leaves its own.
 
 from __future__ import annotations
 
+import itertools
 import socket
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,3 +134,39 @@ def read(ipr: Any, netns: int) -> Side:
             scope=SCOPES.get(msg["scope"], str(msg["scope"])), proto=PROTOCOLS.get(msg["proto"], str(msg["proto"])),
         ))
     return Side(netns, tuple(interfaces), tuple(routes))
+
+
+def _interface_line(i: Interface, mark: str = "") -> str:
+    state = "UP" if i.up else "DOWN"
+    where = f" master {i.master}" if i.master else ""
+    addrs = " ".join(str(a) for a in i.addresses if a.family == socket.AF_INET) or "-"
+    return f"{i.name:<11} {i.kind:<8} {state:<4} {addrs}{where}{mark}"
+
+
+def lines(view: NetView, host_end: str | None = None, pid: int | None = None) -> list[str]:
+    """The view as text, host on the left and jail on the right, as `ip -br
+    addr` and `ip route` print them; the jail's own veth end on the host is
+    marked, and the other jails' veth ends on the host are left out."""
+    def keep(i: Interface) -> bool:
+        # Other jails' cables are noise here; the bridge shows they exist (as its ports).
+        return i.name == host_end or not (i.kind == "veth" and i.name.startswith("jsh"))
+
+    host_ifs = [_interface_line(i, "   <- the jail's cable" if i.name == host_end else "")
+                for i in view.host.interfaces if keep(i)]
+    jail_ifs = [_interface_line(i) for i in view.jail.interfaces]
+    host_rt = [str(r) for r in view.host.routes if r.dev is None or r.dev == host_end
+               or not r.dev.startswith("jsh")] or ["(none)"]
+    jail_rt = [str(r) for r in view.jail.routes] or ["(none: only what lo needs)"]
+    left = [f"host (net ns {view.host.netns})", "interfaces", *["  " + x for x in host_ifs],
+            "routes", *["  " + x for x in host_rt]]
+    right = [f"jail (net ns {view.jail.netns}" + (f", PID {pid})" if pid else ")"), "interfaces",
+             *["  " + x for x in jail_ifs], "routes", *["  " + x for x in jail_rt]]
+    # Row by row, each side's "routes" heading on the same line.
+    lh, rh = left.index("routes"), right.index("routes")
+    pad = max(lh, rh)
+    left = left[:lh] + [""] * (pad - lh) + left[lh:]
+    right = right[:rh] + [""] * (pad - rh) + right[rh:]
+    width = max(len(x) for x in left) + 3
+    out = [f"{a:<{width}}| {b}".rstrip() for a, b in itertools.zip_longest(left, right, fillvalue="")]
+    out += ["", "this jail's NAT rules", *(["  " + r for r in view.firewall] or ["  (none)"])]
+    return out

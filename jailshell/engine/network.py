@@ -29,7 +29,8 @@ jail's last process and takes its interfaces with it, and deleting one end
 of a veth pair deletes the other.
 
 The bridge, ip_forward and the subnet's addresses are shared by all jails
-(net_shared: the last jail to leave removes or restores them); firewall
+(net_shared: the last jail to leave removes or restores them), whatever
+their jailshell's run directory (net_registry: who uses what); firewall
 rules are in net_firewall, the port proxy in net_proxy, netlink plumbing in
 net_links, and what `show` reads in net_show.
 
@@ -70,6 +71,7 @@ from typing import TYPE_CHECKING, Any
 from jailshell.engine import journal as jmod
 from jailshell.engine import net_firewall as fw
 from jailshell.engine import net_links as nl
+from jailshell.engine import net_registry
 from jailshell.engine import net_shared as shared
 from jailshell.engine.equivalents import Equivalents
 from jailshell.engine.journal import Entry, Journal, process_starttime
@@ -224,8 +226,9 @@ class JailNet:
     jail's journal; `jail.close()` (or `jailshell cleanup`) removes them."""
 
     def __init__(self, pid: int | Callable[[], int], jail_id: str, journal: Journal, *,
-                 config: NetConfig | None = None, rootfs: Path | None = None):
+                 config: NetConfig | None = None, rootfs: Path | None = None, name: str | None = None):
         self._pid = pid
+        self.name = name  # others reach a named jail with --link NAME (its address lease carries the name)
         self.id = jail_id
         self.journal = journal
         self.config = config or NetConfig.create()
@@ -347,7 +350,7 @@ class JailNet:
             if nl.index(jipr, inside) is not None:
                 raise InvalidInput(f"the jail already has an interface named {inside}", hint="choose another name")
             # Deleting the host end deletes its peer too, wherever it is by then.
-            entry = self.journal.record("link", name=h, role="veth", jail=self.id)
+            entry = net_registry.record(self.journal, "link", name=h, role="veth", jail=self.id)
             try:
                 with nl.netlink(f"ip link add {h} type veth peer name {j}"):
                     ipr.link("add", ifname=h, kind="veth", peer={"ifname": j})
@@ -386,7 +389,7 @@ class JailNet:
             self._need_netns()
             if not self.bridged:
                 shared.check_subnet_free(cfg)
-            lease = shared.lease(self.journal, cfg, self.id, wanted)
+            lease = shared.lease(self.journal, cfg, self.id, wanted, name=self.name, pid=self.pid)
             ip = IPv4Address(lease.fields["address"])
         plen = cfg.subnet.prefixlen
         host_cmd = f"ip addr add {cfg.gateway} peer {ip}/32 dev {self.host_end}"
@@ -412,7 +415,7 @@ class JailNet:
         except BaseException:
             if host_added:
                 self._del_host_peer_addr(ip)
-            self.journal.release(lease)
+            net_registry.release(self.journal, lease)
             raise
         self.address = ip
         return step
@@ -466,7 +469,7 @@ class JailNet:
             else:
                 self._check_our_bridge(ipr, br_idx)
             # Recorded even when the bridge exists: the last jail to leave removes it.
-            entry = self.journal.record("link", name=br, role="bridge", address=cfg.gateway_cidr,
+            entry = net_registry.record(self.journal, "link", name=br, role="bridge", address=cfg.gateway_cidr,
                                         token=secrets.token_hex(4))
             created = False
             try:
@@ -484,7 +487,7 @@ class JailNet:
             except BaseException:
                 if created:  # under the lock: no other jail can have joined it meanwhile
                     shared.delete_bridge(br)
-                self.journal.release(entry)
+                net_registry.release(self.journal, entry)
                 raise
         if self.address is not None:
             self._del_host_peer_addr(self.address)
@@ -536,7 +539,12 @@ class JailNet:
         # The commands shown are those still needed, so each one pastes without "File exists".
         route = [] if str(self.config.gateway) in self._default_gateways() else self.route(dry_run=True).equivalents.raw
         forwarding_off = fw.read_sysctl(FORWARDING) != "1"
-        raw = [*route, *([f"sysctl -w {FORWARDING}=1"] if forwarding_off else []), *rules.raw]
+        # Where the FORWARD policy is DROP (docker, ufw), a veth that is not a
+        # bridge port (the bridge has its own rules) needs its own to forward.
+        accept = fw.veth_forward_rules(self.host_end, self.firewall.comment) \
+            if not self.bridged and fw.forward_blocked() else None
+        raw = [*route, *([f"sysctl -w {FORWARDING}=1"] if forwarding_off else []), *rules.raw,
+               *(accept.raw if accept else [])]
         step = NetStep("nat", f"masquerade {ip} when it leaves {self.config.subnet}", Equivalents(
             docker="docker run -it busybox sh    # dockerd: iptables -t nat -A POSTROUTING -s 172.17.0.0/16 "
                    "! -o docker0 -j MASQUERADE, and ip_forward=1",
@@ -550,6 +558,8 @@ class JailNet:
         with self._rollback():
             shared.enable_forwarding(self.journal)
             rules.apply(self.journal)
+            if accept is not None:
+                accept.apply(self.journal)
             self.route()
         return step
 
@@ -676,7 +686,7 @@ class JailNet:
         from jailshell.engine import syscalls as sc
 
         made_dir = not NETNS_DIR.exists()
-        entry = self.journal.record("netns", path=str(path), name=name, made_dir=made_dir)
+        entry = net_registry.record(self.journal, "netns", path=str(path), name=name, made_dir=made_dir)
         try:
             NETNS_DIR.mkdir(mode=0o755, exist_ok=True)
             os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
@@ -748,6 +758,73 @@ class JailNet:
         return net_show.NetView(host, jail, tuple(fw.rules_of(self.id)) if os.geteuid() == 0 else ())
 
 
+# --- `jailshell run --network ... -p ... --link ...` ----------------------------------------
+
+
+def check_run_options(mode: str, publish: Sequence[str], links: Sequence[str]) -> None:
+    """Refuse bad `run` network options before anything is created."""
+    if mode not in MODES:
+        raise InvalidInput(f"unknown network mode {mode!r}", hint="none, bridge or host")
+    if mode != "bridge" and (publish or links):
+        raise InvalidInput(f"{'-p' if publish else '--link'} needs --network bridge (not {mode})",
+                           hint="add --network bridge")
+    for p in publish:
+        PortMapping.parse(p)
+    for lk in links:
+        for n in filter(None, lk.split(":", 1)):
+            if not _HOSTNAME.match(n):
+                raise InvalidInput(f"invalid --link {lk!r}", hint="NAME[:ALIAS]: a running container's name")
+    if mode == "bridge" and os.geteuid() != 0:
+        raise NeedsRoot("--network bridge (a veth pair and a bridge on the host)")
+
+
+def container_peers(names: Sequence[str], journal: Journal, config: NetConfig) -> dict[str, JailNet]:
+    """The running containers called NAMES (`jailshell docker run -d --name
+    NAME ...`, or `jailshell run --name NAME --network bridge ...` in another
+    terminal), as jails of this module, for --link and `net link`."""
+    from jailshell.engine import containers
+
+    peers: dict[str, JailNet] = {}
+    for name in names:
+        try:
+            rec = containers.resolve(name)
+        except JailshellError:
+            held = shared.named_lease(name, config.subnet)
+            if held is None:
+                raise InvalidInput(f"there is no container named {name!r} to link to",
+                                   hint=f"start one on the bridge first: jailshell docker run -d --name {name} "
+                                        "busybox httpd -f -p 80") from None
+            other = JailNet(int(held.fields["pid"]), held.fields["jail"], journal, config=config, name=name)
+            other.address = IPv4Address(held.fields["address"])
+            peers[name] = other
+            continue
+        address = (rec.network or {}).get("address")
+        if rec.state != "running" or not rec.pid or not address:
+            raise JailshellError(f"container {name} is not running on the bridge, so it has no address to link to",
+                                 hint=f"docker start {name} (and not with --network none)")
+        other = JailNet(int(rec.pid), rec.id, journal, config=config)
+        other.address = IPv4Address(address)
+        peers[name] = other
+    return peers
+
+
+def connect_run(pid: int, cid: str, journal: Journal, mode: str, publish: Sequence[str], links: Sequence[str],
+                upper: Path, image_rootfs: Path, name: str | None = None) -> list[NetStep]:
+    """The network of a `jailshell run` container, made from the host after
+    its process (PID) unshared its net namespace and before the command is
+    exec'd, as docker does it before the container starts. Links go into the
+    container's writable layer (UPPER), seeded with the image's /etc/hosts."""
+    if links:
+        etc = upper / "etc"
+        etc.mkdir(mode=0o755, exist_ok=True)
+        image_hosts = image_rootfs / "etc" / "hosts"
+        if image_hosts.is_file() and not image_hosts.is_symlink() and not (etc / "hosts").exists():
+            (etc / "hosts").write_bytes(image_hosts.read_bytes())
+    net = JailNet(pid, cid, journal, rootfs=upper, name=name)
+    peers = container_peers([lk.partition(":")[0] for lk in links], journal, net.config) if links else {}
+    return net.connect(mode, publish=publish, links=links, peers=peers)
+
+
 def host_side() -> Side:
     from jailshell.engine import net_show
 
@@ -803,10 +880,12 @@ def undo_link(fields: dict[str, Any]) -> None:
         shared.remove_bridge_if_unused(fields)
         return
     nl.delete_link(fields["name"])
+    net_registry.unregister(fields)
 
 
 def undo_nft(fields: dict[str, Any]) -> None:
     fw.delete_nft_table(fields["table"])
+    net_registry.unregister(fields)
 
 
 def undo_netns(fields: dict[str, Any]) -> None:
@@ -822,6 +901,7 @@ def undo_netns(fields: dict[str, Any]) -> None:
     if fields.get("made_dir"):
         with contextlib.suppress(OSError):  # only if empty: other tools may have named namespaces since
             os.rmdir(os.path.dirname(path))
+    net_registry.unregister(fields)
 
 
 def _live_names() -> set[str]:

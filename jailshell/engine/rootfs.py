@@ -56,6 +56,7 @@ OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 MAX_SYMLINKS = 40  # the kernel's own limit before ELOOP
 FD_CACHE = 256  # directory fds kept open; well under the usual 1024 file limit
 CHUNK = 1 << 20
+WHITEOUT_LIST = 100
 
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -112,6 +113,9 @@ class ApplyStats:
     files: int = 0
     bytes: int = 0
     whiteouts: int = 0
+    # What the whiteouts named ("/bin/vi", "/etc/" for an opaque directory), the
+    # first WHITEOUT_LIST of them: what `layers` shows a layer took away.
+    removed: list[str] = field(default_factory=list)
     notes: Counter[str] = field(default_factory=Counter)
 
     def merge(self, other: ApplyStats) -> None:
@@ -119,7 +123,13 @@ class ApplyStats:
         self.files += other.files
         self.bytes += other.bytes
         self.whiteouts += other.whiteouts
+        self.removed += other.removed[: max(0, WHITEOUT_LIST - len(self.removed))]
         self.notes.update(other.notes)
+
+    def whiteout(self, path: str) -> None:
+        self.whiteouts += 1
+        if len(self.removed) < WHITEOUT_LIST:
+            self.removed.append(path)
 
     def note_lines(self) -> list[str]:
         return [f"{text} ({n}×)" if n > 1 else text for text, n in self.notes.items()]
@@ -726,7 +736,7 @@ class Applier:
         if base == OPAQUE:
             pfd, pphys = self.res.resolve(parts[:-1], create=True, on_mkdir=self._touched.add)
             self._touch(_parent(pphys), pphys)
-            self.stats.whiteouts += 1
+            self.stats.whiteout("/" + pphys + "/" if pphys else "/")
             self._report(m, pphys, "opaque")
             if self.overlay:
                 os.setxattr(f"/proc/self/fd/{pfd}", OVERLAY_OPAQUE_XATTR, b"y")
@@ -746,7 +756,7 @@ class Applier:
         except FileNotFoundError:
             return  # nothing below to hide
         path = _join(pphys, name)
-        self.stats.whiteouts += 1
+        self.stats.whiteout("/" + path)
         self._report(m, path, "whiteout")
         if self.overlay:
             if path not in self._touched:

@@ -7,6 +7,16 @@ sequence mirrors runc's (and `unshare --fork ... chroot` with more care):
                          waits for G, exits with its status          overlay root, proc, sys, tmp,
                                                                      dev, pivot_root, mask, exec CMD
 
+As root, with no user namespace, the middle process is saved, as runc and
+crun do with clone(CLONE_NEWPID): jailshell forks G straight into a new PID
+namespace (runfast.fork_into_new_pid_ns) and G unshares the other namespaces
+itself:
+
+  jailshell ──fork into a new PID ns──> G = PID 1: unshare(the others), then as above
+
+The processes live in jailshell/engine/runfast.py, which also runs a plain
+`jailshell run --rm` on its own, without this module's imports.
+
 Nothing is mounted in the host's mount namespace: the overlay root is
 mounted by G inside the new one, so it vanishes with the container even on
 kill -9. What is left on the host (the container's directory) is journaled.
@@ -25,16 +35,15 @@ from pathlib import Path
 from typing import Any
 
 from jailshell import paths
-from jailshell.engine import steps
-from jailshell.engine import syscalls as sc
+from jailshell.engine import runfast
 from jailshell.engine.images.store import Image, ImageStore
 from jailshell.engine.journal import Journal, process_starttime
-from jailshell.engine.namespaces import BY_KIND
-from jailshell.errors import ExitStatus, InvalidInput, JailshellError
+from jailshell.errors import InvalidInput
 
-# What docker gives a container, in the order the raw command lists them.
-DEFAULT_NAMESPACES = ("mnt", "uts", "ipc", "net", "pid", "cgroup")
-DEFAULT_MOUNTS = ("proc", "sys", "tmp", "dev", "devpts", "shm", "mqueue")
+# What docker gives a container (the raw command lists them in this order):
+# defined in runfast, with the processes themselves, re-exported here.
+DEFAULT_NAMESPACES = runfast.DEFAULT_NAMESPACES
+DEFAULT_MOUNTS = runfast.DEFAULT_MOUNTS
 
 
 @dataclass
@@ -52,6 +61,10 @@ class RunSpec:
     memory: str | None = None
     pids_limit: str | None = None
     cpus: str | None = None
+    # --network none (lo only: the default here, and the fast path), bridge or host; -p and --link need bridge.
+    network: str = "none"
+    publish: list[str] = field(default_factory=list)  # [HOST_IP:]HOSTPORT:JAILPORT
+    links: list[str] = field(default_factory=list)  # NAME[:ALIAS] of running containers
 
     def limits(self) -> Any:
         """cgroup_limits.Limits, or None when no limit is asked for (then no cgroup is made)."""
@@ -71,6 +84,7 @@ class RunResult:
     timings: dict[str, float] = field(default_factory=dict)
     # The cgroup's counters when the container exited (memory peak, oom_kill, pids, cpu throttling).
     cgroup_stats: Any = None
+    network: list[Any] = field(default_factory=list)  # network.NetStep for each step of --network bridge
 
     @property
     def oom_killed(self) -> bool:
@@ -81,6 +95,8 @@ def namespaces_for(spec: RunSpec) -> list[str]:
     kinds = list(DEFAULT_NAMESPACES)
     if spec.user_ns or os.geteuid() != 0:
         kinds.insert(0, "user")
+    if spec.network == "host":
+        kinds.remove("net")  # no namespace: the host's interfaces and ports
     return kinds
 
 
@@ -95,106 +111,14 @@ def parse_volume(text: str) -> tuple[str, str, bool]:
     return parts[0], parts[1], len(parts) == 3 and parts[2] == "ro"
 
 
-def _read_all(fd: int) -> bytes:
-    data = b""
-    while chunk := os.read(fd, 65536):
-        data += chunk
-    return data
-
-
-def _container_init(spec: RunSpec, image: Image, cdir: Path, argv: list[str], in_userns: bool,
-                    err_w: int) -> None:
-    """G: PID 1 of the new namespaces. Set up the root and exec. Never returns."""
-    stage = "setting up the root file system"
-    try:
-        sc.set_pdeathsig(signal.SIGKILL)
-        root = str(cdir / "rootfs")
-        data = f"lowerdir={image.rootfs},upperdir={cdir / 'upper'},workdir={cdir / 'work'}"
-        try:
-            sc.mount("overlay", root, "overlay", 0, data)
-        except OSError:
-            # No overlayfs here (or not in a user namespace on an old kernel):
-            # a private copy, made once into the upper dir, bound as the root.
-            stage = "copying the image (overlayfs unavailable)"
-            shutil.copytree(image.rootfs, cdir / "upper", symlinks=True, dirs_exist_ok=True)
-            sc.mount(str(cdir / "upper"), root, None, sc.MS_BIND | sc.MS_REC)
-        host_root_fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        for name in DEFAULT_MOUNTS:
-            stage = f"mounting {name}"
-            steps.mount_special(name, root, in_userns=in_userns, host_root_fd=host_root_fd)
-        for host, inside, ro in spec.volumes:
-            stage = f"mounting volume {host}"
-            steps.bind_mount(host, os.path.join(root, inside.lstrip("/")), readonly=ro, host_root_fd=host_root_fd)
-        os.close(host_root_fd)
-        stage = "bringing lo up"
-        steps.loopback_up()
-        stage = "sethostname"
-        steps.sethostname(spec.hostname or spec.name or cdir.name[:12])
-        # From here on the host's tree (and Python's standard library) is gone:
-        # nothing below may import.
-        stage = "pivot_root"
-        steps.pivot_root(root)
-        stage = "masking host paths"
-        steps.mask_paths("/")
-        os.chdir(spec.workdir or image.config.get("WorkingDir") or "/")
-        env = dict(e.split("=", 1) for e in [*image.env(), "HOME=/root", *spec.env])
-        env.setdefault("TERM", os.environ.get("TERM", "xterm"))
-        steps.reset_signals()
-        stage = f"exec {argv[0]}"
-        os.execvpe(argv[0], argv, env)
-    except OSError as exc:
-        code = ExitStatus.NOT_FOUND if isinstance(exc, FileNotFoundError) and stage.startswith("exec") else 126
-        os.write(err_w, json.dumps({"stage": stage, "errno": exc.errno, "error": str(exc), "code": int(code)}).encode())
-        os._exit(code)
-    except BaseException as exc:
-        os.write(err_w, json.dumps({"stage": stage, "errno": 0, "error": repr(exc), "code": 126}).encode())
-    os._exit(126)
-
-
-def _middle(spec: RunSpec, image: Image, cdir: Path, argv: list[str], kinds: list[str], go_r: int,
-            err_w: int, ready_w: int) -> None:
-    """C: unshare everything at once, then fork PID 1 and wait for it, like
-    `unshare --fork`. Never returns."""
-    status = 126
-    try:
-        sc.set_pdeathsig(signal.SIGKILL)
-        os.read(go_r, 1)  # jailshell has journaled us
-        flags = 0
-        for kind in kinds:
-            flags |= BY_KIND[kind].flag
-        try:
-            sc.unshare(flags)
-        except OSError as exc:
-            os.write(err_w, json.dumps({"stage": f"unshare({', '.join(kinds)})", "errno": exc.errno,
-                                        "error": str(exc), "code": 126}).encode())
-            os._exit(126)
-        if "user" in kinds:
-            os.write(ready_w, b"u")  # the parent writes our uid/gid maps
-            os.read(go_r, 1)
-        os.close(ready_w)
-        steps.make_mounts_private()
-        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        pid = os.fork()
-        if pid == 0:
-            _container_init(spec, image, cdir, argv, "user" in kinds, err_w)
-        os.close(err_w)
-        while True:
-            _, st = os.waitpid(pid, 0)
-            if os.WIFEXITED(st):
-                status = os.WEXITSTATUS(st)
-                break
-            if os.WIFSIGNALED(st):
-                status = 128 + os.WTERMSIG(st)
-                break
-    finally:
-        os._exit(status)
-
-
 def run(spec: RunSpec, *, store: ImageStore | None = None, on_started: Callable[[int], None] | None = None) -> RunResult:
     """Run spec.argv in a fresh container; returns when it exits."""
     t0 = time.perf_counter()
     limits = spec.limits()  # invalid values fail here, before anything exists
+    if spec.network != "none" or spec.publish or spec.links:
+        from jailshell.engine import network
+
+        network.check_run_options(spec.network, spec.publish, spec.links)
     image = (store or ImageStore()).resolve(spec.image)
     argv = spec.argv or image.default_command()
     kinds = namespaces_for(spec)
@@ -209,48 +133,43 @@ def run(spec: RunSpec, *, store: ImageStore | None = None, on_started: Callable[
     for sub in ("rootfs", "upper", "work"):
         (cdir / sub).mkdir()
     timings = {"prepare": time.perf_counter() - t0}
-    # PID 1 brings lo up through a socket (steps.loopback_up); imported here,
-    # once per process, the import is not paid again inside every container.
-    import socket  # noqa: F401
-    go_r, go_w = os.pipe2(os.O_CLOEXEC)
-    err_r, err_w = os.pipe2(os.O_CLOEXEC)
-    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
-    if pid == 0:
-        os.close(go_w)
-        os.close(err_r)
-        os.close(ready_r)
-        _middle(spec, image, cdir, argv, kinds, go_r, err_w, ready_w)
-    for fd in (go_r, err_w, ready_w):
-        os.close(fd)
+    plan = runfast.Plan(cdir=str(cdir), lower=str(image.rootfs), argv=argv,
+                        env=runfast.container_env(image.env(), spec.env),
+                        workdir=spec.workdir or image.config.get("WorkingDir") or "/",
+                        hostname=spec.hostname or spec.name or cid, kinds=kinds, volumes=spec.volumes,
+                        network=spec.network)
+    pid, go_w, err_r, ready_r, _ = runfast.start(plan)
     proc_entry = journal.record("process", pid=pid, starttime=process_starttime(pid))
     old_int = signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C belongs to the container
     cgroup = None
     stats = None
+    net_steps: list[Any] = []
     try:
         if limits is not None:
-            # C joins the cgroup before it is let go, so PID 1 and everything
-            # it starts are born inside the limits.
+            # The container's first process joins the cgroup before it is let
+            # go, so PID 1 and everything it starts are born inside the limits.
             from jailshell.engine.cgroups import Cgroup
 
             cgroup = Cgroup.create(cid, journal, controllers=tuple(limits.controllers()))
             cgroup.set_limits(limits)
             cgroup.join(pid)
         os.write(go_w, b"g")
-        if "user" in kinds and os.read(ready_r, 1) == b"u":
-            _write_rootless_maps(pid)
+        if ("user" in kinds or spec.network == "bridge") and os.read(ready_r, 1) == b"u":
+            if "user" in kinds:
+                _write_rootless_maps(pid)
+            if spec.network == "bridge":
+                net_steps = _connect(spec, pid, cid, journal, cdir, image)
+                timings["network"] = time.perf_counter() - t0
             os.write(go_w, b"g")
         os.close(ready_r)
         if on_started:
             on_started(pid)
         timings["started"] = time.perf_counter() - t0
-        _, st = os.waitpid(pid, 0)
-        status = os.waitstatus_to_exitcode(st)
-        status = status if status >= 0 else 128 - status
+        status = runfast.wait_status(pid)
         journal.release(proc_entry)
         if cgroup is not None:
             stats = cgroup.stats()
-        err = _read_all(err_r)
+        err = runfast.read_all(err_r)
     finally:
         signal.signal(signal.SIGINT, old_int)
         os.close(go_w)
@@ -258,14 +177,31 @@ def run(spec: RunSpec, *, store: ImageStore | None = None, on_started: Callable[
         if not spec.rm:
             _keep(cdir, cid, spec, image, argv)
             journal.release(dir_entry)
+        elif journal.pending() == [dir_entry]:
+            # Only the directory is left (no cgroup, no network): removed the
+            # quick way, which falls back to the journal's own undo.
+            runfast.remove_container_dir(str(cdir))
+            journal.release(dir_entry)
         journal.undo_all()
     timings["exited"] = time.perf_counter() - t0
     if err:
-        info = json.loads(err)
-        if info["stage"].startswith("exec") and info["errno"] == 2:
-            raise JailshellError(f"{argv[0]}: command not found in image {image.ref}", status=ExitStatus.NOT_FOUND)
-        raise JailshellError(f"{info['stage']} failed: {info['error']}", status=ExitStatus.CANNOT_EXECUTE)
-    return RunResult(status, cid, timings, stats)
+        runfast.raise_container_error(err, argv[0], image.ref)
+    return RunResult(status, cid, timings, stats, net_steps)
+
+
+def _connect(spec: RunSpec, pid: int, cid: str, journal: Journal, cdir: Path, image: Image) -> list[Any]:
+    """--network bridge: veth, bridge, address, NAT, ports, links, made while
+    the container's process waits between unshare and exec. On failure it
+    dies before running anything (closing the go pipe alone would let it run)."""
+    from jailshell.engine import network
+
+    try:
+        return network.connect_run(pid, cid, journal, spec.network, spec.publish, spec.links, cdir / "upper",
+                                   Path(image.rootfs), spec.name)
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
 
 
 def _write_rootless_maps(pid: int) -> None:

@@ -20,21 +20,30 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 
 from jailshell.engine import syscalls as sc
-from jailshell.engine.namespaces import lookup
+
+# This module is on `jailshell run`'s path (jailshell/engine/runfast.py): a
+# plain class, not a dataclass (whose import pulls in inspect, ast and dis,
+# 8 ms of every run), and namespaces.py only where it is needed.
 
 
-@dataclass(frozen=True)
 class SpecialMount:
-    name: str  # what the learner types: `mount proc`
-    source: str
-    target: str  # inside the jail's root
-    fstype: str
-    flags: int
-    data: str | None
-    why: str
+    """One row of SPECIAL_MOUNTS (read-only by convention)."""
+
+    __slots__ = ("data", "flags", "fstype", "name", "source", "target", "why")
+
+    def __init__(self, name: str, source: str, target: str, fstype: str, flags: int, data: str | None, why: str):
+        self.name = name  # what the learner types: `mount proc`
+        self.source = source
+        self.target = target  # inside the jail's root
+        self.fstype = fstype
+        self.flags = flags
+        self.data = data
+        self.why = why
+
+    def __repr__(self) -> str:
+        return f"SpecialMount({self.name!r}, {self.source!r}, {self.target!r}, {self.fstype!r})"
 
 
 _FLAG_WORDS = ((sc.MS_RDONLY, "ro"), (sc.MS_NOSUID, "nosuid"), (sc.MS_NODEV, "nodev"), (sc.MS_NOEXEC, "noexec"),
@@ -89,6 +98,8 @@ def mount_command(m: SpecialMount, target: str | None = None) -> str:
 
 
 def unshare(kind: str) -> None:
+    from jailshell.engine.namespaces import lookup
+
     sc.unshare(lookup(kind).flag)
 
 
@@ -235,12 +246,17 @@ def reset_signals() -> None:
 
 def loopback_up() -> None:
     """ip link set lo up, with one ioctl: a new net namespace's lo starts down."""
+    # _socket is the C module under `socket`: all an ioctl needs, without the
+    # 2-3 ms import of socket.py (selectors, enum classes) in every container.
+    import _socket
     import fcntl
-    import socket
     import struct
 
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         req = struct.pack("16sH14s", b"lo", 0, b"")
         flags = struct.unpack("16sH14s", fcntl.ioctl(s.fileno(), siocgifflags, req))[1]
         fcntl.ioctl(s.fileno(), siocsifflags, struct.pack("16sH14s", b"lo", flags | iff_up, b""))
+    finally:
+        s.close()

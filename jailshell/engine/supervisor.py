@@ -67,12 +67,13 @@ DRAIN_SECONDS = 1.0  # after PID 1 is gone, how long its last output may take to
 
 
 def _user_ids(user: str | None, root: str = "/") -> tuple[int, int, list[int], str]:
-    """--user USER[:GROUP] -> uid, gid, supplementary gids, home, read from the
-    jail's own /etc/passwd and /etc/group: under root, which is "/" for the
-    holder (it has pivoted) and /proc/PID/root from the host."""
-    if not user:
-        return 0, 0, [], "/root"
-    name, _, group = user.partition(":")
+    """--user USER[:GROUP] (None: root) -> uid, gid, the groups for setgroups,
+    home, as docker computes them (runc's GetExecUser, moby's getUser): from
+    the jail's own /etc/passwd and /etc/group, under root, which is "/" for the
+    holder (it has pivoted) and /proc/PID/root from the host. The groups are
+    the primary one, then every group that lists the user; a uid with no
+    passwd entry gets gid 0 and home "/"."""
+    name, _, group = (user or "").partition(":")
 
     def table(path: str) -> list[list[str]]:
         try:
@@ -82,19 +83,22 @@ def _user_ids(user: str | None, root: str = "/") -> tuple[int, int, list[int], s
             return []
 
     passwd, groups = table(os.path.join(root, "etc/passwd")), table(os.path.join(root, "etc/group"))
-    entry = next((e for e in passwd if e[0] == name or (name.isdigit() and e[2] == name)), None)
-    if entry is None and not name.isdigit():
+    entry = next((e for e in passwd if (e[2] == "0" if not name else e[0] == name or (name.isdigit() and e[2] == name))),
+                 None)
+    if entry is None and name and not name.isdigit():
         raise LookupError(f"unable to find user {name}: no matching entries in passwd file")
-    uid = int(entry[2]) if entry else int(name)
-    gid = int(entry[3]) if entry and len(entry) > 3 else uid
+    uid = int(entry[2]) if entry else int(name or 0)
+    gid = int(entry[3]) if entry and len(entry) > 3 and entry[3].isdigit() else 0
     home = entry[5] if entry and len(entry) > 5 and entry[5] else "/"
+    extra = []
     if group:
         g = next((e for e in groups if e[0] == group or (group.isdigit() and e[2] == group)), None)
         if g is None and not group.isdigit():
             raise LookupError(f"unable to find group {group}: no matching entries in group file")
         gid = int(g[2]) if g else int(group)
-    extra = [int(e[2]) for e in groups if entry and len(e) > 3 and entry[0] in e[3].split(",")]
-    return uid, gid, sorted(set(extra) - {gid}), home
+    elif entry:
+        extra = [int(e[2]) for e in groups if entry[0] in e[3].split(",")]
+    return uid, gid, [gid, *extra], home
 
 
 def _which(cmd: str, path: str) -> str:
@@ -153,10 +157,11 @@ class ContainerHolder(holder_mod.Holder):
             os.setsid()
             fcntl.ioctl(0, termios.TIOCSCTTY, 0)
         try:
-            if req.get("user"):
-                os.setgroups(groups)
-                os.setgid(gid)
-                os.setuid(uid)
+            # Always, as docker does: without --user, root with the groups
+            # the image gives root, not those of whoever started jailshell.
+            os.setgroups(groups)
+            os.setgid(gid)
+            os.setuid(uid)
             doing = f"cd {cwd}"
             os.chdir(cwd)
             doing = f"exec {path}"

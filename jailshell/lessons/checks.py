@@ -280,7 +280,117 @@ def default_checks() -> CheckRegistry:
         lines = [line.strip() for line in res.stdout.splitlines()]
         return Verdict(text in lines, f"`{shlex.join(argv)}` printed: " + (" | ".join(lines[:4]) or "nothing"))
 
+    @reg.register("same-kernel", "a process in the jail reads the host's own kernel release (no virtual machine)")
+    def same_kernel(jail: Jail) -> Verdict:
+        res = jail.exec(["uname", "-r"], timeout=10)
+        inside, host = res.stdout.strip(), os.uname().release
+        return Verdict(res.returncode == 0 and inside == host, f"host kernel {host}, jail's uname -r: {inside or '?'}")
+
+    @reg.register("image-present", "the image NAME (or NAME:TAG) is in the local store, unpacked with a /bin/sh",
+                  ("name",))
+    def image_present(jail: Jail, name: str) -> Verdict:
+        from jailshell.engine.images.store import ImageStore
+
+        image = ImageStore().get(name)
+        ok = image is not None and os.path.lexists(image.rootfs / "bin/sh")
+        return Verdict(ok, f"{name}: " + (f"unpacked in {image.rootfs}" if image is not None and ok else "not local"))
+
+    @reg.register("container-running", "docker container NAME runs: its PID 1 is alive in namespaces of its own",
+                  ("name",))
+    def container_running(jail: Jail, name: str) -> Verdict:
+        from jailshell.engine.namespaces import ns_inode
+
+        pid = _container_pid(name)
+        if pid is None:
+            return Verdict(False, f"{name}: not running")
+        own = [k for k in ("pid", "mnt", "uts") if ns_inode(pid, k) not in (None, ns_inode(os.getpid(), k))]
+        return Verdict(len(own) == 3, f"{name}: PID {pid} on the host, own namespaces: {', '.join(own) or 'none'}")
+
+    @reg.register("container-gone", "docker container NAME is not running (no live PID 1)", ("name",))
+    def container_gone(jail: Jail, name: str) -> Verdict:
+        pid = _container_pid(name)
+        return Verdict(pid is None, f"{name}: " + (f"still running as PID {pid}" if pid else "not running"))
+
+    @reg.register("tar-has", "FILE (relative to the current directory) is a tar archive holding MEMBER",
+                  ("file", "member"))
+    def tar_has(jail: Jail, file: str, member: str) -> Verdict:
+        import tarfile
+
+        try:
+            with tarfile.open(file) as tar:
+                names = {n.removeprefix("./").rstrip("/") for n in tar.getnames()}
+        except (OSError, tarfile.TarError) as exc:
+            return Verdict(False, f"{file}: not a readable tar ({exc})")
+        return Verdict(member.strip("/") in names, f"{file}: {len(names)} entries, "
+                       + ("with " if member.strip("/") in names else "without ") + member)
+
+    @reg.register("upper-has", "PATH (relative to the jail's /) exists in the jail's writable upper layer on the host",
+                  ("path",))
+    def upper_has(jail: Jail, path: str) -> Verdict:
+        import stat
+
+        upper = jail.dir / "upper"
+        if getattr(jail, "rootfs_mode", "overlay") != "overlay":
+            return Verdict(False, "the jail's root is a copy, not an overlay (no upper layer on this host)")
+        where = upper / path.strip("/")
+        try:
+            st = os.lstat(where)
+        except OSError:
+            return Verdict(False, f"{where}: not in the upper layer")
+        whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+        return Verdict(True, f"{where}: " + ("a whiteout (0:0 character device): deleted in the jail" if whiteout
+                                             else "written by the jail"))
+
+    @reg.register("sees-host-processes",
+                  "`ps` in the jail lists the host's processes too (no PID namespace of its own; needs proc mounted)")
+    def sees_host(jail: Jail) -> Verdict:
+        from jailshell.engine.inspect import processes_in_pidns
+
+        res = jail.exec(["sh", "-c", "ls /proc"])
+        visible = [w for w in res.stdout.split() if w.isdigit()]
+        _rows, host_total = processes_in_pidns(jail.pid)
+        # This checking process is a host process outside the jail: seeing it
+        # under its host PID means the jail's /proc is the host's PID namespace.
+        me = str(os.getpid())
+        ok = res.returncode == 0 and me in visible
+        return Verdict(ok, f"the jail sees {len(visible)} processes (this checker, host PID {me}, "
+                       + ("among them" if me in visible else "not among them") + f"); the host has {host_total}")
+
+    @reg.register("masked", "PATH in the jail is covered by a mount (hidden from the jail, as docker's masked paths)",
+                  ("path",))
+    def masked(jail: Jail, path: str) -> Verdict:
+        _fs, _t, where = _mount_target(jail, "proc")
+        prefix = where[: -len("/proc")] if where.endswith("/proc") else ""
+        found = [r for r in _mountinfo(jail.pid) if r[2] == f"{prefix}{path}"]
+        return Verdict(bool(found), f"{path}: " + (f"covered ({found[-1][4]})" if found else "visible to the jail"))
+
+    @reg.register("rootless", "an unprivileged user (nobody) gets the namespaces a user namespace grants, and "
+                  "nothing more; or this kernel refuses it user namespaces, as its settings say")
+    def rootless_check(jail: Jail) -> Verdict:
+        from jailshell.engine import rootless
+
+        ok, summary = rootless.expected(rootless.probe())
+        return Verdict(ok, summary)
+
+    # The checks of the cgroup, network, docker, image and escape labs live in their own module.
+    from jailshell.lessons import checks_labs
+
+    checks_labs.register(reg)
     return reg
+
+
+def _container_pid(name: str) -> int | None:
+    """PID 1 of a docker container (jailshell's engine), if it is alive."""
+    from jailshell.engine import containers
+    from jailshell.errors import JailshellError
+
+    try:
+        rec = containers.resolve(name)
+    except JailshellError:
+        return None
+    if rec.state != "running" or not rec.pid or not containers.running(rec.pid, rec.starttime):
+        return None
+    return rec.pid
 
 
 def _root_mode(jail: Jail) -> tuple[str, str]:

@@ -52,8 +52,9 @@ def _generic(eq: Equivalents, ws: Workspace) -> Equivalents:
 
     def fix(line: str) -> str:
         line = line.replace(str(jail.dir), "$JAILDIR")
+        line = line.replace(f"/jailshell/{jail.id}", "/jailshell/$JAILID")  # its cgroup
         for pid in pids:
-            line = re.sub(rf"(--target |/proc/|PID ){pid}(?![0-9])", r"\1$JAIL", line)
+            line = re.sub(rf"(--target |/proc/|PID |^echo ){pid}(?![0-9])", r"\1$JAIL", line)
         return line
 
     return replace(eq, docker=fix(eq.docker), raw=[fix(r) for r in eq.raw], note=fix(eq.note))
@@ -68,8 +69,8 @@ def markdown(course: Course, lesson: Lesson, shown: Shown | None) -> str:
                 "full handout.", ""]
     else:
         out += ["In the raw commands, `$JAIL` is the host PID of the jail's process (jailshell shows it in its "
-                "status bar) and `$JAILDIR` the jail's directory. Raw commands run as root in a second terminal "
-                "on the host.", ""]
+                "status bar), `$JAILDIR` the jail's directory and `$JAILID` its id (its cgroup is "
+                "`jailshell/$JAILID`). Raw commands run as root in a second terminal on the host.", ""]
     if lesson.setup:
         out += ["Before the first step, the jail is brought to where this lesson starts:", "", "```",
                 *lesson.setup, "```", ""]

@@ -147,9 +147,10 @@ class Repl:
         """Run one line; True when the learner asked to leave."""
         line = text.strip()
         if not line:
-            if self.ws.tutor is None:
+            default = enter_line(self.ws)
+            if default is None:
                 return False
-            line = "next"
+            line = default
         try:
             if self.ctx.present and line.split()[0] in NEXT_WORDS and not self._present_confirm():
                 return False
@@ -205,6 +206,18 @@ class Repl:
             from jailshell.context import own_by_invoking_user
 
             own_by_invoking_user(self.ctx.history_path)
+
+
+def enter_line(ws: Workspace) -> str | None:
+    """What Enter on an empty line runs. A docker plan being walked comes first
+    (the learner just typed `docker run ...` and was told Enter walks it),
+    unless the lesson's own next step is to walk it: then the lesson does."""
+    from jailshell.commands.docker_cmds import walking
+
+    pos = ws.tutor.position() if ws.tutor is not None else None
+    if walking(ws) and not (pos is not None and pos.step.run and pos.step.run[0].split()[0] == "walk"):
+        return "walk"
+    return "next" if ws.tutor is not None else None
 
 
 def _failed(result: Any) -> bool:

@@ -26,4 +26,21 @@ def run(args: argparse.Namespace) -> int:
         return run_piped(ctx, ws)
     from jailshell.ui.app import Repl
 
+    _leave_cleanly_on_hangup()
     return Repl(ctx, ws).run()
+
+
+def _leave_cleanly_on_hangup() -> None:
+    """Closing the terminal window (SIGHUP) or being told to stop (SIGTERM)
+    ends the session the way `quit` does: the REPL's finally tears the jail
+    down. By default Python would just die, leaving its mounts and cgroup
+    for `jailshell cleanup`."""
+    import signal
+
+    def leave(signum: int, frame: object) -> None:
+        for sig in (signal.SIGHUP, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # a second one must not cut the teardown short
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, leave)

@@ -20,6 +20,8 @@ from rich.table import Table
 from rich.text import Text
 
 from jailshell.commands.results import (
+    CgroupFiles,
+    CgroupView,
     CheckOutcome,
     DiffView,
     Handover,
@@ -156,13 +158,14 @@ class Renderer:
             out = (r.output.stdout + r.output.stderr).rstrip("\n")
             for line in out.splitlines() or ["(no output)"]:
                 self.console.print(Text("    " + line), soft_wrap=True)
-        if r.after is None:
-            return
-        if self.present:
-            self.side_by_side(r.after, r.changes)
-            return
-        for section in r.touched():
-            self.section(section, r.after, [c for c in r.changes if c.section == section], before=r.before)
+        if r.after is not None:
+            if self.present:
+                self.side_by_side(r.after, r.changes)
+            else:
+                for section in r.touched():
+                    self.section(section, r.after, [c for c in r.changes if c.section == section], before=r.before)
+        if r.cgroup is not None:
+            self.cgroup(r.cgroup)
 
     # -- live state ------------------------------------------------------------------------
 
@@ -329,6 +332,48 @@ class Renderer:
             return
         for section in v.sections:
             self.section(section, v.snapshot, [])
+        if v.cgroup is not None:
+            self.cgroup(v.cgroup)
+
+    def cgroup(self, v: CgroupView) -> None:
+        """Limits and counters of the jail's cgroup; after a step, what it changed."""
+        self.console.print(Text(f"cgroup {v.name}: limits and usage", style="js.title"))
+        before = v.before or {}
+        t = self._table("", "value", "file")
+        for label, value, source in v.rows:
+            was = before.get(label)
+            changed = v.before is not None and was != value and "limit" in label
+            t.add_row(label, self._was(was or "none", value) if changed else value, source.rsplit("/", 1)[-1],
+                      style="js.changed" if changed else None)
+        if not v.rows:
+            t.add_row("(nothing to read: no controller)", "", "")
+        t.caption = "the files are in:"
+        self._print_table(t)
+        for d in v.dirs:  # whole, so they can be copied
+            self.console.print(Text(f"  {d}/", style="js.note"), soft_wrap=True)
+        if v.other is not None and not self.present:
+            title, lines = v.other
+            self.console.print(Text.assemble(("  raw", "js.label"), (f" · the same on {title}", "js.where"),
+                                             (" (for comparison; not this machine's)", "js.note")))
+            self.code(lines)
+        if v.before is None and v.docker and not self.present:
+            self.console.print(self.label("docker", "host"))
+            self.code([v.docker])
+
+    def _CgroupView(self, v: CgroupView) -> None:
+        self.console.print(Rule(Text(f"cgroup {v.name}", style="js.title"), align="left", style="js.rule"))
+        self.console.print(Padding(Text(v.layout, style="js.note"), (0, 0, 0, 2)))
+        self.cgroup(v)
+
+    def _CgroupFiles(self, f: CgroupFiles) -> None:
+        self.console.print(Rule(Text("cgroup files: v1 and v2", style="js.title"), align="left", style="js.rule"))
+        t = self._table("", "cgroup v1", "cgroup v2", "docker")
+        for what, v1, v2, docker in f.rows:
+            t.add_row(what, v1, v2, docker)
+        here = ", ".join(f"{c} on v{v}" for c, v in f.here.items()) or "no controller jailshell uses"
+        self.console.print(t)  # no indent: the file names are long and must not be broken
+        self.console.print(Padding(Text(f"v1 memsw counts memory + swap, v2 swap.max swap only; v2 cpu.max holds "
+                                        f"\"QUOTA PERIOD\". This machine: {here}.", style="js.note"), (0, 0, 0, 2)))
 
     def _DiffView(self, d: DiffView) -> None:
         self.console.print(Rule(Text(f"changes since {d.since}", style="js.title"), align="left", style="js.rule"))

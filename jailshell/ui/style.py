@@ -43,6 +43,7 @@ PROMPT_STYLES = {
     "bottom-toolbar.off": "bg:#303030 #a0a0a0 italic",
     "bottom-toolbar.ns": "bg:#303030 #ffd75f",
     "bottom-toolbar.lesson": "bg:#303030 #87afff",
+    "bottom-toolbar.cgroup": "bg:#303030 #d7afff",
     "bottom-toolbar.key": "bg:#303030 #ffffff bold",
     "bottom-toolbar.sep": "bg:#303030 #606060",
 }

@@ -2,14 +2,15 @@
 a closure returning (style class, text) pairs; colours live in the style).
 
 It is redrawn every second, so it only reads what is cheap: the engine's own
-record of the jail and seven /proc/PID/ns inodes, never a request to the jail.
+record of the jail, seven /proc/PID/ns inodes and a few cgroup counter files,
+never a request to the jail.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 
@@ -26,7 +27,36 @@ def isolated_kinds(pid: int) -> list[str]:
     return [ns.kind for ns in NAMESPACES if ns_inode(pid, ns) not in (None, ns_inode(me, ns))]
 
 
+def cgroup_usage(cg: Any) -> str:
+    """`cgroup mem 1.2 MiB/64.0 MiB tasks 2/20 cpu 0.5`: a few small reads of the cgroup's files."""
+    from jailshell.engine.cgroup_limits import human_bytes
+
+    try:
+        st = cg.stats()
+    except OSError:
+        return "cgroup: gone"
+    parts = ["cgroup"]
+    if st.memory_current is not None:
+        limit = f"/{human_bytes(st.memory_max)}" if isinstance(st.memory_max, int) else ""
+        parts.append(f"mem {human_bytes(st.memory_current)}{limit}")
+    if st.pids_current is not None:
+        parts.append(f"tasks {st.pids_current}" + (f"/{st.pids_max}" if st.pids_max not in (None, "max") else ""))
+    if isinstance(st.cpu_max, float):
+        parts.append(f"cpu {st.cpu_max:g}")
+    if st.oom_kill:
+        parts.append(f"OOM kills {st.oom_kill}")
+    return " ".join(parts)
+
+
 def create_toolbar_tokens_func(ws: Workspace, *, present: bool = False) -> Callable[[], Tokens]:
+    def safe_tokens() -> Tokens:
+        # Drawn inside prompt_toolkit's render loop: an exception here would end
+        # the learner's session, so a broken status line only says so.
+        try:
+            return get_toolbar_tokens()
+        except Exception as exc:
+            return [("class:bottom-toolbar.off", f" status unavailable ({type(exc).__name__}: {exc})")]
+
     def get_toolbar_tokens() -> Tokens:
         sep = ("class:bottom-toolbar.sep", " │ ")
         out: Tokens = []
@@ -43,15 +73,20 @@ def create_toolbar_tokens_func(ws: Workspace, *, present: bool = False) -> Calla
                 out += [sep, ("class:bottom-toolbar", f"hostname: {jail.state.hostname}")]
             if jail.state.mounts:
                 out += [sep, ("class:bottom-toolbar", "mounted: " + " ".join(jail.state.mounts))]
+            if jail.cgroup is not None:
+                out += [sep, ("class:bottom-toolbar.cgroup", cgroup_usage(jail.cgroup))]
         tutor = ws.tutor
         if tutor is not None:
             pos = tutor.position()
             text = f"{pos.lesson.id} {pos.step_no}/{pos.steps_total}" if pos else "course done"
             out += [sep, ("class:bottom-toolbar.lesson", text)]
         if not present:
-            out += [sep, ("class:bottom-toolbar.key", "Enter"), ("class:bottom-toolbar", " next step  "),
+            from jailshell.ui.app import enter_line
+
+            enter = {"walk": " walk the docker plan  ", "next": " next step  "}.get(enter_line(ws) or "")
+            out += [sep, *([("class:bottom-toolbar.key", "Enter"), ("class:bottom-toolbar", enter)] if enter else []),
                     ("class:bottom-toolbar.key", "F1"), ("class:bottom-toolbar", " help  "),
                     ("class:bottom-toolbar.key", "F2"), ("class:bottom-toolbar", " state")]
         return out
 
-    return get_toolbar_tokens
+    return safe_tokens

@@ -385,7 +385,10 @@ def _inspect(args: argparse.Namespace) -> int:
     for i, layer in enumerate(info, 1):
         digest = layer.get("digest") or layer.get("diff_id") or "?"
         stored = f"{human(layer['size'])} stored, " if layer.get("size", -1) >= 0 else ""
-        print(f"  {i}. {digest}  {stored}{human(layer.get('unpacked', 0))} of file data")
+        entries = f"{layer['entries']} entries, " if "entries" in layer else ""
+        print(f"  {i}. {digest}  {stored}{entries}{human(layer.get('unpacked', 0))} of file data")
+        for path in layer.get("removed") or []:
+            print(f"       whiteout: {'empties' if path.endswith('/') else 'removes'} {path}")
     if not info:
         print(f"  (built locally, {human(_size_of(image))})")
     dirs = ImageStore().lowerdirs(image)

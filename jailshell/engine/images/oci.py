@@ -38,6 +38,8 @@ MANIFEST_TYPES = (OCI_MANIFEST, DOCKER_MANIFEST)
 ACCEPT = ", ".join([OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST])
 
 REF_NAME = "org.opencontainers.image.ref.name"
+# Docker 25+ `docker save` keeps the full name here; ref.name then holds only the tag.
+CONTAINERD_NAME = "io.containerd.image.name"
 MAX_JSON = 16 << 20  # a manifest or config is kilobytes; refuse to buffer a hostile giant
 
 # platform.machine() -> (OCI architecture, variant)
@@ -184,11 +186,17 @@ def parts_from_manifest(manifest: dict[str, Any], read: BlobReader, opener: Blob
     return parts
 
 
+def _name_of(desc: dict[str, Any]) -> str | None:
+    annotations = desc.get("annotations") or {}
+    name = annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME)
+    return str(name) if name else None
+
+
 def _default_tag(index: dict[str, Any]) -> str | None:
     for m in index.get("manifests") or []:
-        ref = (m.get("annotations") or {}).get(REF_NAME)
-        if ref:
-            return str(ref)
+        name = _name_of(m)
+        if name:
+            return name
     return None
 
 
@@ -219,7 +227,7 @@ class Layout:
         """The image (and the name it was saved under, if any) for ref or the only one."""
         index = parse_json(self.archive.read("index.json", MAX_JSON), f"{self.label}: index.json")
         entries = [m for m in index.get("manifests") or [] if isinstance(m, dict)]
-        names = [(m.get("annotations") or {}).get(REF_NAME) for m in entries]
+        names = [_name_of(m) for m in entries]
         if ref is not None:
             chosen = [m for m, n in zip(entries, names, strict=True) if n == ref or (n and n.endswith(":" + ref))]
             if not chosen:

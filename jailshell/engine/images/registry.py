@@ -255,8 +255,19 @@ class Client:
                                  hint="the registry sent corrupt data, or something in between altered it")
         return body, got
 
-    def download(self, digest: str, dest: Path, on_bytes: Callable[[int], None], cancel: threading.Event) -> None:
-        """GET a blob into dest, resuming a partial download, checking its digest."""
+    def download(self, digest: str, dest: Path, on_bytes: Callable[[int], None], cancel: threading.Event,
+                 growing: Growing | None = None) -> None:
+        """GET a blob into dest, resuming a partial download, checking its digest.
+        growing: told how far the file is written, so it can be read while it grows."""
+        growing = growing or Growing(dest)
+        try:
+            self._download(digest, dest, on_bytes, cancel, growing)
+        except BaseException as exc:
+            growing.fail(exc)
+            raise
+
+    def _download(self, digest: str, dest: Path, on_bytes: Callable[[int], None], cancel: threading.Event,
+                  growing: Growing) -> None:
         part = dest.with_suffix(".part")
         part.parent.mkdir(parents=True, exist_ok=True)
         hasher = hashlib.new(digest.split(":", 1)[0])
@@ -273,19 +284,108 @@ class Client:
                 have = 0
             if have:
                 on_bytes(have)
-            with open(part, "ab" if have else "wb") as out:
+            # Unbuffered: what write() returned is in the file for a reader to see.
+            with open(part, "ab" if have else "wb", buffering=0) as out:
+                growing.started(have)
                 while chunk := resp.read(blobs.READ_SIZE):
                     if cancel.is_set():
                         raise KeyboardInterrupt
-                    out.write(chunk)
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[out.write(view) or 0:]
                     hasher.update(chunk)
+                    growing.wrote(len(chunk))
                     on_bytes(len(chunk))
         got = f"{digest.split(':', 1)[0]}:{hasher.hexdigest()}"
         if got != digest:
             part.unlink(missing_ok=True)
             raise JailshellError(f"{self.ref}: blob digest mismatch: expected {digest}, got {got}",
                                  hint="the registry holds corrupt data; nothing was imported")
-        os.replace(part, dest)
+        growing.finish(lambda: os.replace(part, dest))
+
+
+class Growing:
+    """A blob being downloaded into its .part file, which a reader may follow
+    while it grows: the bottom layer is extracted as it arrives instead of
+    after it. The bytes are the blob's (its digest names them), whether the
+    download resumed or started over, so a reader only has to wait until the
+    file is written past where it reads; what it read is checked against the
+    digest by the reader's own Verified wrapper all the same."""
+
+    def __init__(self, dest: Path):
+        self.dest = dest
+        self.part = dest.with_suffix(".part")
+        self.cond = threading.Condition()
+        self.open = False  # the .part file exists, for this download
+        self.written = 0  # bytes from the blob's start known to be in the file
+        self.done = False  # complete, verified, renamed to dest
+        self.error: BaseException | None = None
+
+    def started(self, have: int) -> None:
+        with self.cond:
+            self.open, self.written = True, have
+            self.cond.notify_all()
+
+    def wrote(self, n: int) -> None:
+        with self.cond:
+            self.written += n
+            self.cond.notify_all()
+
+    def finish(self, rename: Callable[[], None]) -> None:
+        with self.cond:  # a reader opens part or dest under the same lock: never between the two
+            rename()
+            self.done = True
+            self.cond.notify_all()
+
+    def fail(self, exc: BaseException) -> None:
+        with self.cond:
+            self.error = exc
+            self.cond.notify_all()
+
+    def reader(self) -> _GrowingReader:
+        return _GrowingReader(self)
+
+
+class _GrowingReader:
+    def __init__(self, growing: Growing):
+        self.g = growing
+        self.fd = -1
+        self.pos = 0
+
+    def _available(self) -> int:
+        """Bytes readable at pos now; waits for more; 0 at the end of a finished blob."""
+        g = self.g
+        with g.cond:
+            while True:
+                if g.error is not None:
+                    if isinstance(g.error, JailshellError):
+                        raise g.error
+                    raise JailshellError(f"the download of {g.dest.name} failed: {g.error!r}")
+                if self.fd < 0 and (g.open or g.done):
+                    self.fd = os.open(g.dest if g.done else g.part, os.O_RDONLY | os.O_CLOEXEC)
+                if g.done:
+                    return max(0, os.fstat(self.fd).st_size - self.pos)
+                if self.fd >= 0 and g.written > self.pos:
+                    return g.written - self.pos
+                g.cond.wait()
+
+    def read(self, size: int = -1, /) -> bytes:
+        if size is None or size < 0:
+            parts = []
+            while chunk := self.read(blobs.READ_SIZE):
+                parts.append(chunk)
+            return b"".join(parts)
+        avail = self._available()
+        if not avail or not size:
+            return b""
+        data = os.pread(self.fd, min(size, avail), self.pos)
+        self.pos += len(data)
+        return data
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 class Offline(JailshellError):
@@ -368,11 +468,14 @@ def pull(ref_text: str, *, platform: oci.Platform | None = None, store: ImageSto
 
     # 4-5. config, then layers downloaded in parallel while the first ones are applied
     downloads: dict[str, Future[None]] = {}
+    growing: dict[str, Growing] = {}
     cancel = threading.Event()
 
     def opener(desc: dict[str, Any]) -> Reader:
         digest = oci.descriptor_digest(desc, "layer")
         future = downloads.get(digest)
+        if future is not None and not future.done():
+            return growing[digest].reader()  # extracted while it downloads
         if future is not None:
             future.result()
         return open(cache.path(digest), "rb")
@@ -393,7 +496,8 @@ def pull(ref_text: str, *, platform: oci.Platform | None = None, store: ImageSto
                                      hint="connect to the network and pull again")
             if events.on_blob:
                 events.on_blob(layer.digest, layer.size)
-            downloads[layer.digest] = pool.submit(_fetch, client, cache, layer, events, cancel)
+            growing[layer.digest] = Growing(cache.path(layer.digest))
+            downloads[layer.digest] = pool.submit(_fetch, client, cache, layer, events, cancel, growing[layer.digest])
         events.status(f"extracting {len(parts.layers)} layer(s)")
         image = build(store, parts, image_name, tag, progress=events.progress, layer_dirs=layer_dirs)
     except BaseException:
@@ -422,11 +526,12 @@ def _store_name(name: str | None, ref_text: str, ref: Reference) -> tuple[str, s
     return parse_ref(ref_text)
 
 
-def _fetch(client: Client, cache: blobs.BlobCache, layer: Layer, events: PullEvents, cancel: threading.Event) -> None:
+def _fetch(client: Client, cache: blobs.BlobCache, layer: Layer, events: PullEvents, cancel: threading.Event,
+           growing: Growing) -> None:
     def on_bytes(n: int) -> None:
         if events.on_bytes:
             events.on_bytes(layer.digest, n)
 
-    client.download(layer.digest, cache.path(layer.digest), on_bytes, cancel)
+    client.download(layer.digest, cache.path(layer.digest), on_bytes, cancel, growing)
     if events.on_blob_done:
         events.on_blob_done(layer.digest, False)

@@ -12,6 +12,7 @@ from the archive: they are looked up inside it and never resolved on the host.
 
 from __future__ import annotations
 
+import io
 import os
 import posixpath
 import re
@@ -19,7 +20,7 @@ import shutil
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from jailshell.engine import rootfs
 from jailshell.engine.images import blobs, dockerarchive
@@ -82,10 +83,59 @@ class DirArchive:
         pass
 
 
+class _Slice(io.RawIOBase):
+    """One member's bytes, read in place with pread on a file descriptor of its
+    own: no shared file position, so a layer read in the decompressing thread
+    and a config read in the main one cannot disturb each other, and no
+    extra layers of buffering (tarfile's ExFileObject has two)."""
+
+    def __init__(self, path: Path, offset: int, size: int):
+        super().__init__()
+        self.fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        self.offset, self.size, self.pos = offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self.pos, 2: self.size}[whence]
+        self.pos = max(0, min(self.size, base + offset))
+        return self.pos
+
+    def read(self, size: int = -1, /) -> bytes:
+        left = self.size - self.pos
+        n = left if size is None or size < 0 else min(size, left)
+        if n <= 0:
+            return b""
+        data = os.pread(self.fd, n, self.offset + self.pos)
+        if not data:
+            raise JailshellError("the archive ends inside one of its files", hint="the archive is truncated")
+        self.pos += len(data)
+        return data
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        super().close()
+
+
 class TarArchive:
     """Members of an (uncompressed) tarball, by path, read in place."""
 
     def __init__(self, path: Path):
+        self.path = Path(path)
         self.label = str(path)
         try:
             self.tf = tarfile.open(path, "r:")  # noqa: SIM115 (closed by close())
@@ -113,15 +163,28 @@ class TarArchive:
         m = self._member(path)
         if m.size > limit:
             raise JailshellError(f"{self.label}: {path} is too large for what it should be")
-        return self.open(path).read()
+        fh = self.open(path)
+        try:
+            return fh.read()
+        finally:
+            fh.close()
 
     def open(self, path: str) -> Reader:
         m = self._member(path)
-        # A symlink or hard link member is followed, but only to another member.
-        fh = self.tf.extractfile(m)
-        if fh is None:
+        # A symlink or hard link member is followed, but only to another member
+        # (`docker save` links a layer.tar it already holds).
+        for _hop in range(8):
+            if not (m.issym() or m.islnk()):
+                break
+            target = posixpath.join(posixpath.dirname(m.name), m.linkname) if m.issym() else m.linkname
+            m = self._member(target.lstrip("/"))
+        if not m.isreg():
             raise JailshellError(f"{self.label}: {path} is not a file")
-        return fh
+        if m.issparse():
+            fh = self.tf.extractfile(m)
+            assert fh is not None
+            return fh
+        return _Slice(self.path, m.offset_data, m.size)
 
     def close(self) -> None:
         self.tf.close()

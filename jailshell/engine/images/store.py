@@ -183,6 +183,15 @@ class ImageStore:
             return []
         return dirs[::-1]
 
+    def overlay_data(self, image: Image, upper: Path, work: Path) -> str:
+        """The mount options of an overlay root for image with a writable upper:
+        its layers as lowerdirs when they were kept (`--layers`), the top one
+        first, as docker's overlay2 mounts them; else its flattened root as the
+        one lowerdir (where the layers were not kept, or overlayfs whiteouts
+        could not be made)."""
+        lowers = self.lowerdirs(image) or [image.rootfs]
+        return f"lowerdir={':'.join(str(d) for d in lowers)},upperdir={upper},workdir={work}"
+
     def prune(self, *, min_age: float = 600.0) -> PruneReport:
         """Remove what no image uses: cached blobs and layer directories, tags
         pointing at removed blobs, and the leftovers of imports that died

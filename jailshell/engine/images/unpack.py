@@ -21,6 +21,7 @@ from jailshell.engine import rootfs
 from jailshell.engine.images import blobs
 from jailshell.engine.images.store import Image, ImageStore
 from jailshell.engine.rootfs import Reader
+from jailshell.errors import JailshellError
 
 
 @dataclass
@@ -60,31 +61,74 @@ class Progress:
     on_layer_done: Callable[[int, rootfs.ApplyStats, float], None] | None = None  # (index, stats, seconds)
 
 
-def _apply_layer(applier: rootfs.Applier, layer: Layer, label: str) -> rootfs.ApplyStats:
-    raw = layer.open()
-    try:
-        checked: blobs.Verified | None = None
-        if layer.digest:
-            checked = blobs.Verified(raw, layer.digest, label)
-            raw_in: Reader = checked
-        else:
-            raw_in = raw
-        tar, _kind = blobs.decompressed(raw_in)
+class _OpenLayer:
+    """A layer opened for applying: its bytes checked against the digest as they
+    stream by, decompressed (in a thread of its own, see blobs.ReadAhead)."""
+
+    def __init__(self, layer: Layer, label: str):
+        self.label = label
+        self.raw = layer.open()
+        self.checked: blobs.Verified | None = None
+        self.diff_check: blobs.Verified | None = None
+        self.tar: Reader | None = None
         try:
-            diff_check: blobs.Verified | None = None
+            raw_in: Reader = self.raw
+            if layer.digest:
+                self.checked = raw_in = blobs.Verified(self.raw, layer.digest, label)
+            self.tar, _kind = blobs.decompressed(raw_in)
             if layer.diff_id and not layer.digest:
-                diff_check = blobs.Verified(tar, layer.diff_id, label)
-                tar = diff_check
-            stats = applier.apply(tar, label)
-            if diff_check is not None:
-                diff_check.verify()
-        finally:
-            tar.close()
-        if checked is not None:
-            checked.verify()
+                self.diff_check = blobs.Verified(self.tar, layer.diff_id, label)
+        except BaseException:
+            self.close()
+            raise
+
+    def apply(self, applier: rootfs.Applier) -> rootfs.ApplyStats:
+        assert self.tar is not None
+        try:
+            stats = applier.apply(self.diff_check or self.tar, self.label)
+            if self.diff_check is not None:
+                self.diff_check.verify()
+        except Exception as exc:
+            # A layer is read while it downloads: corrupt bytes may break the
+            # decompressor or the tar reader before the digest is complete.
+            # The digest says what really happened, so it is checked first.
+            self.tar.close()
+            self.tar = None
+            if self.checked is not None:
+                self.checked.verify()
+            if _is_corrupt_data(exc):
+                raise JailshellError(f"{self.label}: corrupt compressed data ({exc})",
+                                     hint="the layer is damaged; nothing was imported") from exc
+            raise
+        self.tar.close()
+        self.tar = None
+        if self.checked is not None:
+            self.checked.verify()
         return stats
+
+    def close(self) -> None:
+        try:
+            if self.tar is not None:
+                self.tar.close()
+        finally:
+            self.raw.close()
+
+
+def _is_corrupt_data(exc: BaseException) -> bool:
+    """What a decompressor raises for bad input (zlib, lzma, bz2, zstandard, isal)."""
+    import lzma
+    import zlib
+
+    return isinstance(exc, (zlib.error, lzma.LZMAError, EOFError)) or type(exc).__module__.split(".")[0] in (
+        "zstandard", "isal", "gzip") or (isinstance(exc, OSError) and "compressed" in str(exc).lower())
+
+
+def _apply_layer(applier: rootfs.Applier, layer: Layer, label: str) -> rootfs.ApplyStats:
+    opened = _OpenLayer(layer, label)
+    try:
+        return opened.apply(applier)
     finally:
-        raw.close()
+        opened.close()
 
 
 def build(store: ImageStore, parts: ImageParts, name: str, tag: str, *, progress: Progress | None = None,
@@ -99,25 +143,27 @@ def build(store: ImageStore, parts: ImageParts, name: str, tag: str, *, progress
         root = staging / "rootfs"
         root.mkdir(mode=0o755)
         count = len(parts.layers)
-        sizes = []
+        applied: list[rootfs.ApplyStats] = []
         with rootfs.Applier(root, whiteouts=True, on_entry=progress.on_entry) as applier:
             for i, layer in enumerate(parts.layers, 1):
                 if progress.on_layer:
                     progress.on_layer(i, count, layer)
                 start = time.monotonic()
-                label = f"layer {i}/{count} ({layer.name})"
-                stats = _apply_layer(applier, layer, label)
-                sizes.append(stats.bytes)
+                stats = _apply_layer(applier, layer, f"layer {i}/{count} ({layer.name})")
+                applied.append(stats)
                 if progress.on_layer_done:
                     progress.on_layer_done(i, stats, time.monotonic() - start)
             notes = parts.notes + applier.total.note_lines()
         dirs = []
         if layer_dirs:
             dirs = _keep_layer_dirs(store, staging, parts)
+        # What each layer did, for `image inspect` and the REPL's `layers`:
+        # file data, entries, and what its whiteouts took away from the layers below.
         layer_info = [
             {"digest": layer.digest, "diff_id": layer.diff_id, "size": layer.size, "media_type": layer.media_type,
-             "unpacked": size}
-            for layer, size in zip(parts.layers, sizes, strict=True)
+             "unpacked": stats.bytes, "entries": stats.entries, "whiteouts": stats.whiteouts,
+             "removed": stats.removed}
+            for layer, stats in zip(parts.layers, applied, strict=True)
         ]
         extra = {
             "architecture": parts.config.get("architecture", ""),
