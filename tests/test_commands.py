@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -97,3 +99,31 @@ def test_ctrl_c_waits_for_the_holder_exchange_to_finish() -> None:
         reached_end = True  # not interrupted in the middle
     assert reached_end
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.root
+def test_lab_directory_is_journaled_private_to_the_session_and_removed(tmp_path: Path) -> None:
+    from jailshell.commands.builtin import build_workspace
+    from jailshell.context import AppContext
+    from jailshell.engine import journal
+
+    ctx = AppContext.for_streams(io.StringIO(), state_dir=tmp_path / "state")
+    ws = build_workspace(ctx, keep_progress=False, with_course=False)
+    other = build_workspace(ctx, keep_progress=False, with_course=False)
+    try:
+        line = ws.expand("export $LAB/a.tar")
+        lab = ws.lab
+        assert line == f"export {lab}/a.tar" and lab.is_dir()
+        assert other.lab != lab  # two sessions never share one
+        # Written down before it existed: a crash leaves it to `jailshell cleanup`.
+        pending = [e.fields.get("path") for p in journal.journals() for e in journal.Journal.load(p).pending()]
+        assert str(lab) in pending
+        (lab / "root").mkdir()
+        (lab / "root" / "file").write_text("x")
+    finally:
+        ws.close()
+        other.close()
+    assert not lab.exists()
+    assert other._lab is None
+    pending = [e.fields.get("path") for p in journal.journals() for e in journal.Journal.load(p).pending()]
+    assert str(lab) not in pending

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -33,30 +32,11 @@ from jailshell.lessons.checks import default_checks
 from tests import course_raw, hoststate
 
 LABS = ("cgroup-limits", "networking", "putting-it-together", "images-by-hand", "escape-labs", "escape-fixes")
-# Files the lessons leave on the host on purpose (a volume's file, exported tarballs).
-HOST_FILES = ("/tmp/jailshell-volume.txt", "/tmp/jailshell-mine.txt", "/tmp/jailshell-export.tar",
-              "/tmp/jailshell-save.tar", "/tmp/jailshell-root", "/tmp/jailshell-escaped")
 
 
 def jailshell(*args: str, cwd: Path, timeout: float = 540) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "jailshell", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
-
-
-def _remove_host_files() -> None:
-    for path in HOST_FILES:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-
-
-@pytest.fixture()
-def host_files() -> Iterator[None]:
-    _remove_host_files()
-    yield
-    _remove_host_files()
 
 
 @pytest.fixture()
@@ -94,7 +74,7 @@ def test_labs_are_in_the_course_in_order_with_tasks_and_checks() -> None:
 
 
 @pytest.mark.root
-def test_labs_play_with_every_check_and_leave_the_host_clean(tmp_path: Path, host_files: None) -> None:
+def test_labs_play_with_every_check_and_leave_the_host_clean(tmp_path: Path) -> None:
     before = hoststate.snapshot()
     res = jailshell("play", "--check", "--speed", "0", *LABS, cwd=tmp_path)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
@@ -109,15 +89,15 @@ def test_labs_play_with_every_check_and_leave_the_host_clean(tmp_path: Path, hos
 
 
 @pytest.mark.root
-def test_the_labs_checks_fail_on_a_jail_that_has_not_done_the_steps(host_files: None) -> None:
+def test_the_labs_checks_fail_on_a_jail_that_has_not_done_the_steps() -> None:
     checks = default_checks()
     with Jail.create() as jail:
         for text in ("cgroup-joined", "cgroup-counter oom-kills 1", "cgroup-limit memory 32M",
                      "cgroup-counter throttled 1", "jail-iface eth0", "ping-both-ways", "on-bridge jailshell0",
                      "nat-out", "published 8080 hello from the jail", "container-state jailshell-no-such running",
                      "container-exit jailshell-no-such 0", "container-log jailshell-no-such x",
-                     "host-file /tmp/jailshell-volume.txt precious", "overlay-root", "whiteout /bin/vi",
-                     "export-vs-save /tmp/jailshell-export.tar /tmp/jailshell-save.tar /bin/vi",
+                     "host-file /nonexistent/volume.txt precious", "overlay-root", "whiteout /bin/vi",
+                     "export-vs-save /nonexistent/export.tar /nonexistent/save.tar /bin/vi",
                      "host-proc-escape works /hostproc",
                      "nsenter-host works /hostproc", "caps-over-host none"):
             v = checks.evaluate(text, jail)
@@ -140,7 +120,7 @@ def test_the_labs_checks_fail_on_a_jail_that_has_not_done_the_steps(host_files: 
 
 @pytest.mark.root
 @pytest.mark.parametrize("lesson_id", ["escape-labs", "escape-fixes", "images-by-hand"])
-def test_mount_and_exec_lines_make_the_same_kernel_state(lesson_id: str, host_files: None,
+def test_mount_and_exec_lines_make_the_same_kernel_state(lesson_id: str,
                                                          two_workspaces: tuple[Workspace, Workspace]) -> None:
     """The namespace, mount, pivot_root, mask and exec lines of each lab, by hand on a second jail."""
     ws_a, ws_b = two_workspaces
@@ -152,7 +132,7 @@ def test_mount_and_exec_lines_make_the_same_kernel_state(lesson_id: str, host_fi
 
 
 @pytest.mark.root
-def test_export_and_save_tar_lines_hold_what_the_engine_wrote(tmp_path: Path, host_files: None,
+def test_export_and_save_tar_lines_hold_what_the_engine_wrote(tmp_path: Path,
                                                                two_workspaces: tuple[Workspace, Workspace]) -> None:
     """The tar lines shown for export and save, run on the same jail: the same
     entries as the engine's tarballs, the whiteout a 0/0 device on disk and a

@@ -46,6 +46,13 @@ def _mount_names() -> tuple[str, ...]:
     return (*SPECIAL_MOUNTS, "bind")
 
 
+# Namespaces isolate names and views, not files: until chroot or pivot_root, a
+# command "in the jail" writes the host's own files. Said every time, since a
+# learner's `rm` there is a real one.
+HOST_ROOT_NOTE = ("Careful: the jail's root is still the host's / (no chroot or pivot_root yet), so this command "
+                  "read and wrote the host's own files.")
+
+
 def perform(ws: Workspace, line: str, op: str, params: dict[str, Any], action: Callable[[Jail], Any], *,
             shows: tuple[str, ...], where: str = "host", revert: str | None = None, why_not: str = "",
             interruptible: bool = False, equivalents_after: bool = False) -> StepReport:
@@ -55,6 +62,8 @@ def perform(ws: Workspace, line: str, op: str, params: dict[str, Any], action: C
     jail, created = ws.session.ensure()
     notes = [f"A new jail was started for this: PID {jail.pid}, id {jail.id}."] if created and not ws.replaying \
         else []
+    if op == "exec" and jail.state.root_mode == "host" and not ws.replaying:
+        notes.append(HOST_ROOT_NOTE)
     before = None if ws.replaying else inspect.snapshot(jail)
     # The raw `unshare` line rebuilds the jail so far *including* this namespace:
     # it can only be worked out after the step. Everything else before, from the
@@ -266,20 +275,13 @@ def cmd_shell(ws: Workspace, args: Args) -> Handover:
     eq = equivalents.for_step("exec", jail, argv=argv or ["/bin/sh"])
 
     def run() -> Message:
-        import signal
-
-        # The shell's process makes itself the terminal's foreground group before it
-        # execs (tcsetpgrp); from a background group that stops it with SIGTTOU,
-        # unless SIGTTOU is ignored when it is forked (it is reset right before exec).
-        ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
-        try:
-            status = jail.shell(argv)
-        finally:
-            signal.signal(signal.SIGTTOU, ttou)
+        status = jail.shell(argv)  # which hands the terminal over and takes it back
         return Message(f"Back from the jail (exit status {status}); the jail is as you left it.")
 
+    warning = " " + HOST_ROOT_NOTE.replace("read and wrote", "reads and writes").replace("this command", "this shell") \
+        if jail.state.root_mode == "host" else ""
     return Handover(f"Entering the jail (PID {jail.pid}): this shell runs inside it. Type `exit` (or Ctrl-D) "
-                    "to come back.", run, eq)
+                    f"to come back.{warning}", run, eq)
 
 
 # -- looking ------------------------------------------------------------------------------

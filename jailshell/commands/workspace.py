@@ -7,9 +7,12 @@ Workspace.run_line, so a command behaves the same wherever it is typed.
 from __future__ import annotations
 
 import contextlib
+import os
+import secrets
 import signal
 import threading
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jailshell.commands.registry import Registry
@@ -20,7 +23,13 @@ from jailshell.errors import JailshellError
 if TYPE_CHECKING:
     from jailshell.commands.tutor import Tutor
     from jailshell.context import AppContext
+    from jailshell.engine.journal import Entry, Journal
     from jailshell.lessons.checks import CheckRegistry
+
+# Written in a command line or a lesson, $LAB is this session's own directory
+# on the host: where exports, unpacked roots and an escape's marks go, so a
+# lesson never writes into the host's shared directories and can be replayed.
+LAB = "$LAB"
 
 
 @contextlib.contextmanager
@@ -56,11 +65,34 @@ class Workspace:
         self.replaying = False
         # The lesson step whose commands are running (recorded with what they do).
         self.origin: tuple[str, str] | None = None
+        self._lab: tuple[Path, Journal, Entry] | None = None
+
+    @property
+    def lab(self) -> Path:
+        """$LAB, made on first use. It is journaled before it exists, so a
+        crash leaves nothing `jailshell cleanup` cannot find, and removed
+        (with anything mounted below it) when the session ends."""
+        if self._lab is None:
+            from jailshell import paths
+            from jailshell.engine.journal import Journal
+
+            base = paths.ensure_dir(paths.run_dir() / "labs", 0o755)
+            token = secrets.token_hex(3)
+            path = base / f"{os.getpid()}-{token}"
+            # A journal of its own: one process may hold several workspaces.
+            journal = Journal.for_owner(tag=f"lab-{token}")
+            entry = journal.record("dir", path=str(path))
+            path.mkdir(mode=0o755)
+            self._lab = (path, journal, entry)
+        return self._lab[0]
+
+    def expand(self, text: str) -> str:
+        return text.replace(LAB, str(self.lab)) if LAB in text else text
 
     def run_line(self, line: str) -> Any:
         """Parse and run one command line; returns the handler's result (None for
         a blank line). User errors are raised as JailshellError."""
-        parsed = self.registry.parse(line)
+        parsed = self.registry.parse(self.expand(line))
         if parsed is None:
             return None
         cmd, args = parsed
@@ -92,8 +124,14 @@ class Workspace:
 
     def evaluate(self, check: str, kind: str = "step") -> CheckOutcome:
         jail, _ = self.session.ensure()
-        v = self.checks.evaluate(check, jail)
+        v = self.checks.evaluate(self.expand(check), jail)
         return CheckOutcome(check, v.ok, v.detail, kind)
 
     def close(self) -> None:
-        self.session.close()
+        try:
+            self.session.close()
+        finally:
+            if self._lab is not None:
+                _path, journal, entry = self._lab
+                self._lab = None
+                journal.undo(entry)

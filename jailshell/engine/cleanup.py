@@ -38,7 +38,7 @@ def _live_paths(run_dir: Path) -> set[str]:
 def _stray_dirs(run_dir: Path) -> list[Path]:
     live = _live_paths(run_dir)
     out = []
-    for sub in ("jails", "containers"):
+    for sub in ("jails", "containers", "labs"):
         base = run_dir / sub
         if base.is_dir():
             out += [d for d in base.iterdir() if str(d) not in live]
@@ -82,7 +82,7 @@ def cleanup(run_dir: Path | None = None) -> jmod.CleanupReport:
         os.close(lock_fd)
         with contextlib.suppress(OSError):
             # An empty run dir is removed, so a clean host has nothing of ours at all.
-            for sub in ("journal", "jails", "containers"):
+            for sub in ("journal", "jails", "containers", "labs"):
                 if (run_dir / sub).is_dir() and not any((run_dir / sub).iterdir()):
                     (run_dir / sub).rmdir()
 

@@ -182,6 +182,7 @@ class Holder:
         self._send({"ok": True})
         self.sock.close()
         steps.reset_signals()
+        _set_oom_score_adj(0)  # the command is the jail's own process again: killable like any other
         os.chdir(req.get("cwd") or "/")
         env = dict(e.split("=", 1) for e in req.get("env") or [])
         os.execvpe(req["argv"][0], req["argv"], env)
@@ -268,6 +269,26 @@ def _close_fds_except(keep: set[int]) -> None:
             lo = fd + 1
 
 
+def _set_oom_score_adj(value: int) -> None:
+    try:
+        with open("/proc/self/oom_score_adj", "w") as fh:
+            fh.write(str(value))
+    except OSError:
+        pass  # lowering it needs CAP_SYS_RESOURCE: without root the holder stays an ordinary candidate
+
+
+def protect_from_oom() -> None:
+    """Make the holder the OOM killer's last choice, as containerd's shim does.
+
+    The holder is forked from jailshell, so its resident set counts every page
+    it shares copy-on-write with its parent (tens of MB): in a jail whose
+    cgroup has a memory limit, the OOM killer would pick the holder over the
+    memory hog the lesson runs, and the jail would die instead of the hog.
+    Commands run in the jail do not inherit this: they are entered from
+    outside, and `exec` resets it before execve."""
+    _set_oom_score_adj(-999)
+
+
 def main(sock: socket.socket, go_fd: int, parent_pid: int, rootfs: str) -> None:
     """Entry point in the freshly forked child. Never returns."""
     code = 0
@@ -288,6 +309,7 @@ def main(sock: socket.socket, go_fd: int, parent_pid: int, rootfs: str) -> None:
         os.read(go_fd, 1)
         os.close(go_fd)
         sc.set_process_name("jsh-holder")
+        protect_from_oom()
         holder = Holder(sock, rootfs)
         holder._send({"ok": True, "pid": os.getpid()})
         holder.serve()

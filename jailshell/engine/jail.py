@@ -481,10 +481,13 @@ class Jail:
         """An interactive shell in the jail on the learner's terminal."""
         argv = list(argv or ["/bin/sh", "-l"] if (self.rootfs / "bin/sh").exists() or self.state.root_mode == "pivot"
                     else ["/bin/sh"])
-        proc = self.popen(argv, tty=True)
+        # Ignored before the fork: the child makes its process group the
+        # terminal's foreground one (tcsetpgrp) before it execs, and a
+        # background group doing that is stopped by SIGTTOU unless it is ignored.
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         ttou = signal.signal(signal.SIGTTOU, signal.SIG_IGN)
         try:
+            proc = self.popen(argv, tty=True)
             return proc.wait()
         finally:
             if os.isatty(0):

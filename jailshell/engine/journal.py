@@ -219,7 +219,9 @@ def cleanup(run_dir: Path | None = None, *, include_live: bool = False) -> Clean
     report = CleanupReport()
     for path in journals(run_dir):
         pid, start = owner_of(path)
-        if pid != os.getpid() and process_alive(pid, start) and not include_live:
+        # This process's own journals are live too: `docker system prune` typed
+        # in the REPL must not tear down the REPL's own jail.
+        if process_alive(pid, start) and not include_live:
             report.skipped_live.append(f"jailshell process {pid} is still running")
             continue
         journal = Journal.load(path)

@@ -55,6 +55,8 @@ def live_entries(kind: str, match: Callable[[dict[str, Any]], bool], exclude_tok
         for entry in jmod.Journal.load(path).pending():
             if entry.kind != kind or (exclude_token is not None and entry.fields.get("token") == exclude_token):
                 continue
+            if _leaving(entry.fields):
+                continue
             if match(entry.fields):
                 found.append(entry)
     return found
@@ -162,10 +164,22 @@ def check_subnet_free(config: NetConfig) -> None:
                                      hint=_free_subnet_hint(ipr, config.subnet))
 
 
+def _leaving(fields: dict[str, Any]) -> bool:
+    """An entry whose registration is gone is being undone: its owner marks it
+    done in the journal only after the undo returns. Two jails leaving at once
+    would otherwise each see the other still there, and neither would remove
+    the bridge. (Registrations are made under net_lock right after the entry,
+    so a live entry never lacks one there.)"""
+    reg = fields.get("reg")
+    if not reg:
+        return False
+    return net_registry.REGISTRY.is_dir() and not os.path.exists(str(reg))
+
+
 def remove_bridge_if_unused(fields: dict[str, Any]) -> None:
     name = fields["name"]
-    net_registry.unregister(fields)
     with net_lock():
+        net_registry.unregister(fields)  # under the lock: see _leaving
         others = live_entries("link", lambda f: f.get("role") == "bridge" and f.get("name") == name,
                                exclude_token=fields.get("token"))
         if not others:
@@ -179,8 +193,8 @@ def delete_bridge(name: str) -> None:
 
 def undo_sysctl(fields: dict[str, Any]) -> None:
     key = fields["key"]
-    net_registry.unregister(fields)
     with net_lock():
+        net_registry.unregister(fields)  # under the lock: see _leaving
         if live_entries("sysctl", lambda f: f.get("key") == key, exclude_token=fields.get("token")):
             return  # another jail still needs it; the last one restores it
         if fw.read_sysctl(key) != fields["original"]:
