@@ -21,6 +21,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import resource  # here, not where it is used: after pivot_root the holder can import nothing
 import select
 import signal
 import socket
@@ -98,8 +99,18 @@ class Holder:
                 _, status = os.waitpid(pid, 0)
             except ChildProcessError:
                 os._exit(0)
-            if os.WIFEXITED(status) or os.WIFSIGNALED(status):
-                os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+            if os.WIFEXITED(status):
+                os._exit(os.WEXITSTATUS(status))
+            if os.WIFSIGNALED(status):
+                # Die of the same signal, as `unshare --fork` does: whoever waits
+                # for us sees how PID 1 ended, not a number that could be an exit code.
+                sig = os.WTERMSIG(status)
+                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+                if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+                    signal.signal(sig, signal.SIG_DFL)
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
+                os.kill(os.getpid(), sig)
+                os._exit(128 + sig)
 
     def op_sethostname(self, req: dict[str, Any]) -> dict[str, Any]:
         steps.sethostname(req["name"])
@@ -146,28 +157,18 @@ class Holder:
         """The classic escape, done in a child so the holder keeps its root:
         mkdir a dir, chroot into it (cwd stays outside), then walk up with ..
         past the old root and chroot(".") there."""
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(r)
-            ok = b"0"
+        def walk_up() -> bytes:
             try:
                 os.makedirs("/.jsh-escape", exist_ok=True)
                 os.chroot("/.jsh-escape")  # cwd is now outside the root
                 for _ in range(64):
                     os.chdir("..")
                 os.chroot(".")
-                ok = b"1" + os.uname().nodename.encode() + b"\0" + ",".join(sorted(os.listdir("/"))[:40]).encode()
+                return b"1" + os.uname().nodename.encode() + b"\0" + ",".join(sorted(os.listdir("/"))[:40]).encode()
             except OSError as exc:
-                ok = b"0" + str(exc).encode()
-            os.write(w, ok)
-            os._exit(0)
-        os.close(w)
-        data = b""
-        while chunk := os.read(r, 65536):
-            data += chunk
-        os.close(r)
-        os.waitpid(pid, 0)
+                return b"0" + str(exc).encode()
+
+        data = sc.answer_from_child(walk_up)
         try:
             os.rmdir("/.jsh-escape")
         except OSError:
@@ -182,7 +183,7 @@ class Holder:
         self._send({"ok": True})
         self.sock.close()
         steps.reset_signals()
-        _set_oom_score_adj(0)  # the command is the jail's own process again: killable like any other
+        reset_oom_score_adj()  # the command is the jail's own process again: killable like any other
         os.chdir(req.get("cwd") or "/")
         env = dict(e.split("=", 1) for e in req.get("env") or [])
         os.execvpe(req["argv"][0], req["argv"], env)
@@ -277,6 +278,10 @@ def _set_oom_score_adj(value: int) -> None:
         pass  # lowering it needs CAP_SYS_RESOURCE: without root the holder stays an ordinary candidate
 
 
+def reset_oom_score_adj() -> None:
+    _set_oom_score_adj(0)
+
+
 def protect_from_oom() -> None:
     """Make the holder the OOM killer's last choice, as containerd's shim does.
 
@@ -289,8 +294,10 @@ def protect_from_oom() -> None:
     _set_oom_score_adj(-999)
 
 
-def main(sock: socket.socket, go_fd: int, parent_pid: int, rootfs: str) -> None:
-    """Entry point in the freshly forked child. Never returns."""
+def main(sock: socket.socket, go_fd: int, parent_pid: int, rootfs: str, *,
+         stdio: tuple[int, int, int] | None = None, holder_class: type[Holder] | None = None) -> None:
+    """Entry point in the freshly forked child. Never returns. stdio: the
+    descriptors 0, 1, 2 become (a container's log or console), else /dev/null."""
     code = 0
     try:
         sc.set_pdeathsig(signal.SIGKILL)
@@ -300,17 +307,22 @@ def main(sock: socket.socket, go_fd: int, parent_pid: int, rootfs: str) -> None:
         for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        os.close(null)
+        signal.set_wakeup_fd(-1)  # a parent's wakeup fd (an asyncio loop's) is not ours to write to
+        if stdio is not None:
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+        else:
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            os.close(null)
         _close_fds_except({sock.fileno(), go_fd})
         # Wait until jailshell has written us into its journal.
         os.read(go_fd, 1)
         os.close(go_fd)
         sc.set_process_name("jsh-holder")
         protect_from_oom()
-        holder = Holder(sock, rootfs)
+        holder = (holder_class or Holder)(sock, rootfs)
         holder._send({"ok": True, "pid": os.getpid()})
         holder.serve()
     except BaseException:

@@ -140,9 +140,13 @@ class Jail:
             shutil.copytree(lower, self.rootfs, symlinks=True, dirs_exist_ok=True)
             self.rootfs_mode = "copy"
 
-    def _start_holder(self) -> None:
+    def _holder_main(self, sock: socket.socket, go_fd: int, parent_pid: int) -> None:
+        """Runs in the forked child; never returns. Containers override it."""
         from jailshell.engine import holder
 
+        holder.main(sock, go_fd, parent_pid, str(self.rootfs))
+
+    def _start_holder(self) -> None:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         go_r, go_w = os.pipe()
         me = os.getpid()
@@ -150,7 +154,7 @@ class Jail:
         if pid == 0:
             parent.close()
             os.close(go_w)
-            holder.main(child, go_r, me, str(self.rootfs))
+            self._holder_main(child, go_r, me)
         child.close()
         os.close(go_r)
         self._journal_process(pid)

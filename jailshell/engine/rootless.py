@@ -29,22 +29,14 @@ SECRET = "/etc/shadow"  # mode 0640 or 0600, owner root: the classic "root only"
 
 def probe(uid: int = NOBODY, gid: int = NOBODY) -> dict[str, Any]:
     """Run the rootless steps in a throwaway child as UID:GID; what happened at each."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-        os.close(r)
+    def report() -> bytes:
         try:
             out = _child(uid, gid)
         except BaseException as exc:  # anything: report it instead of a traceback in a fork
             out = {"error": f"{type(exc).__name__}: {exc}"}
-        os.write(w, json.dumps(out).encode())
-        os._exit(0)
-    os.close(w)
-    data = b""
-    while chunk := os.read(r, 65536):
-        data += chunk
-    os.close(r)
-    os.waitpid(pid, 0)
+        return json.dumps(out).encode()
+
+    data = sc.answer_from_child(report)
     try:
         result: dict[str, Any] = json.loads(data.decode() or "{}")
     except ValueError:

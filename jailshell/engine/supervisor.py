@@ -38,7 +38,6 @@ import fcntl
 import json
 import os
 import re
-import resource  # here, not where it is used: after pivot_root the holder can import nothing
 import selectors
 import signal
 import socket
@@ -148,6 +147,7 @@ class ContainerHolder(holder_mod.Holder):
             self._send({"ok": True})
         self.sock.close()
         steps.reset_signals()
+        holder_mod.reset_oom_score_adj()  # the command is the container's PID 1, killable like any other
         if slave is not None:
             for fd in (0, 1, 2):
                 os.dup2(slave, fd)
@@ -172,58 +172,6 @@ class ContainerHolder(holder_mod.Holder):
             os.write(2, f"jailshell: {doing}: {exc.strerror}\n".encode())
             os._exit(ExitStatus.CANNOT_EXECUTE)
         return {}  # not reached
-
-    def _fork_into_pid_ns(self) -> dict[str, Any]:
-        pid = os.fork()
-        if pid == 0:
-            sc.set_pdeathsig(signal.SIGKILL)
-            return {"pid_in_ns": os.getpid()}
-        self.sock.close()
-        sc.set_process_name("jsh-waiter")
-        while True:
-            try:
-                _, status = os.waitpid(pid, 0)
-            except ChildProcessError:
-                os._exit(0)
-            if os.WIFEXITED(status):
-                os._exit(os.WEXITSTATUS(status))
-            if os.WIFSIGNALED(status):
-                # Die of the same signal, as `unshare --fork` does: the supervisor
-                # then sees how PID 1 ended, not a number that could be an exit code.
-                sig = os.WTERMSIG(status)
-                resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-                if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
-                    signal.signal(sig, signal.SIG_DFL)
-                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {sig})
-                os.kill(os.getpid(), sig)
-                os._exit(128 + sig)
-
-
-def _holder_main(sock: socket.socket, go_fd: int, parent_pid: int, rootfs: str, stdio: tuple[int, int, int]) -> None:
-    """holder.main, with the container's stdio instead of /dev/null. Never returns."""
-    code = 0
-    try:
-        sc.set_pdeathsig(signal.SIGKILL)  # tied to the supervisor, which is what owns the container
-        if os.getppid() != parent_pid:
-            os._exit(1)
-        signal.set_wakeup_fd(-1)
-        os.setsid()
-        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        for target, fd in enumerate(stdio):
-            os.dup2(fd, target)
-        holder_mod._close_fds_except({sock.fileno(), go_fd})
-        os.read(go_fd, 1)  # the supervisor has journaled us
-        os.close(go_fd)
-        sc.set_process_name("jsh-holder")
-        h = ContainerHolder(sock, rootfs)
-        h._send({"ok": True, "pid": os.getpid()})
-        h.serve()
-    except BaseException:
-        code = 1
-    finally:
-        os._exit(code)
 
 
 class ContainerJail(Jail):
@@ -267,24 +215,10 @@ class ContainerJail(Jail):
                                     "(ext4, xfs, tmpfs; not overlayfs itself)") from None
         self.rootfs_mode = "overlay"
 
-    def _start_holder(self) -> None:
-        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        go_r, go_w = os.pipe()
-        me = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            parent.close()
-            os.close(go_w)
-            _holder_main(child, go_r, me, str(self.rootfs), self.stdio)
-        child.close()
-        os.close(go_r)
-        self._journal_process(pid)
-        os.write(go_w, b"g")
-        os.close(go_w)
-        self.sock = parent
-        self.pid = pid
-        self.holder_pids.append(pid)
-        self._reply()
+    def _holder_main(self, sock: socket.socket, go_fd: int, parent_pid: int) -> None:
+        # Tied by PDEATHSIG to the supervisor, which is what owns the container;
+        # with the container's stdio instead of /dev/null.
+        holder_mod.main(sock, go_fd, parent_pid, str(self.rootfs), stdio=self.stdio, holder_class=ContainerHolder)
 
     def start_command(self, argv: list[str], env: list[str], cwd: str, user: str | None,
                       tty: bool) -> tuple[int, int | None]:
