@@ -89,7 +89,7 @@ def test_completion_offers_the_words_and_the_limit_keys(tmp_path: Path) -> None:
     from prompt_toolkit.document import Document
 
     words = [c.text for c in comp.get_completions(Document("cgroup "), None)]  # type: ignore[arg-type]
-    assert words == ["create", "files", "show", "memory=", "pids=", "cpu="]
+    assert words == ["create", "join", "files", "show", "set", "memory=", "pids=", "cpu="]
     words = [c.text for c in comp.get_completions(Document("cgroup memory=64M p"), None)]  # type: ignore[arg-type]
     assert words == ["pids="]
 
@@ -340,3 +340,19 @@ def test_the_take_home_script_makes_its_own_cgroup_and_removes_it(ws: Workspace,
     pids = layout.hierarchy("pids")
     assert pids is not None
     assert not list((pids.mount / "jailshell").glob("take-home-*"))
+
+
+@pytest.mark.root
+@needs_controllers
+def test_set_join_and_show_spellings(ws: Workspace) -> None:
+    reg = default_registry()
+    with pytest.raises(InvalidInput, match="needs limits"):
+        cgroup_cmds.validate(reg.parse("cgroup set")[1])
+    joined = ws.run_line("cgroup join")
+    assert isinstance(joined, StepReport) and joined.op == "cgroup"
+    jail = ws.session.jail
+    assert jail is not None and jail.cgroup is not None
+    rep = ws.run_line("cgroup set pids=12")
+    assert isinstance(rep, StepReport)
+    assert _read(jail.cgroup.dirs["pids"] / "pids.max") == "12"
+    assert isinstance(ws.run_line("cgroup show"), CgroupView)

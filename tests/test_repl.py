@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -376,3 +377,16 @@ def test_a_broken_status_line_does_not_end_the_session(session: Session) -> None
     text = "".join(t for _, t in create_toolbar_tokens_func(session.ws)())
     assert "status unavailable (RuntimeError: no pid)" in text
     session.ws.session.jail = None
+
+
+@pytest.mark.root
+def test_cgroup_usage_is_shown_live_while_a_command_runs(session: Session) -> None:
+    from rich.console import Console
+
+    # A terminal, as the learner's is: rich redraws the live line in place (and
+    # draws nothing live into a file or a pipe).
+    session.ctx._console = Console(file=session.buf, width=100, force_terminal=True, no_color=True, highlight=False)
+    out, _ = session.run("cgroup create\rcgroup pids=20\rexec sleep 1\rquit -y\r")
+    frames = re.findall(r"live · cgroup[^\x1b\r\n]*", out)
+    # Redrawn while `sleep 1` ran (four times a second), with the jail's tasks against its limit.
+    assert len(frames) >= 2 and all("/20" in f for f in frames), out[-2000:]

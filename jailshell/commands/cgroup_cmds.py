@@ -39,9 +39,9 @@ if TYPE_CHECKING:
     from jailshell.engine.cgroups import Applied, Cgroup
     from jailshell.engine.jail import Jail
 
-WORDS = ("create", "files", "show")
+WORDS = ("create", "join", "files", "show")
 KEYS = ("memory=", "pids=", "cpu=")
-USAGE_HINT = "cgroup, cgroup create, cgroup files, or limits: cgroup memory=64M pids=20 cpu=0.5"
+USAGE_HINT = "cgroup [show], cgroup create (or join), cgroup files, or limits: cgroup [set] memory=64M pids=20 cpu=0.5"
 # Where a v2 machine mounts its one tree, and a v1 machine its hierarchies: for
 # the "same on the other version" lines, which cannot be read off this machine.
 V2_ROOT = "/sys/fs/cgroup"
@@ -59,7 +59,7 @@ def _limits(words: list[str]) -> Limits:
 
 def validate(args: Args) -> None:
     """What the lesson loader checks: the words, and every limit's value."""
-    words = list(args.get("what") or [])
+    words = _words(args)
     if words and words[0] in WORDS:
         if len(words) > 1:
             raise InvalidInput(f"'cgroup {words[0]}' takes nothing more", hint=USAGE_HINT)
@@ -73,13 +73,24 @@ def validate(args: Args) -> None:
                 raise
 
 
-def cmd_cgroup(ws: Workspace, args: Args) -> Any:
+def _words(args: Args) -> list[str]:
+    """The words after `cgroup`; `set` before limits is optional (`cgroup set memory=64M`)."""
     words = list(args.get("what") or [])
+    if words[:1] == ["set"]:
+        if len(words) == 1:
+            raise InvalidInput("'cgroup set' needs limits, e.g. cgroup set memory=64M pids=20", hint=USAGE_HINT)
+        return words[1:]
+    return words
+
+
+def cmd_cgroup(ws: Workspace, args: Args) -> Any:
+    words = _words(args)
     if not words or words == ["show"]:
         return show(ws)
     if words == ["files"]:
         return files()
-    if words == ["create"]:
+    if words in (["create"], ["join"]):
+        # One step, as runc does it: make the jail's own cgroup, then move the jail into it.
         return _step(ws, "cgroup create", None)
     validate(args)
     return _step(ws, "cgroup " + " ".join(words), _limits(words))
@@ -338,7 +349,7 @@ def _other_version(cg: Cgroup, pid: int, limits: Limits | None, created: bool) -
 
 def commands() -> list[Command]:
     def choices(ws: Workspace) -> tuple[str, ...]:
-        return (*WORDS, *KEYS)
+        return (*WORDS, "set", *KEYS)
 
     return [
         Command("cgroup", cmd_cgroup,

@@ -10,7 +10,9 @@ dispatcher, output is plain, and the exit status is the last failure's
 
 from __future__ import annotations
 
+import contextlib
 import traceback
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from jailshell.commands.results import Confirm, Handover, Message, Quit, Results
@@ -154,7 +156,8 @@ class Repl:
         try:
             if self.ctx.present and line.split()[0] in NEXT_WORDS and not self._present_confirm():
                 return False
-            result = self.ws.run_line(line)
+            with self._live_usage():
+                result = self.ws.run_line(line)
             return self.show(result)
         except JailshellError as exc:
             self.status = int(exc.status)
@@ -170,6 +173,26 @@ class Repl:
             self.renderer.render(Message("That was a bug in jailshell, not your mistake. The session goes on; "
                                          "`state` shows where the jail is.", "error"))
         return False
+
+    @contextlib.contextmanager
+    def _live_usage(self) -> Iterator[None]:
+        """While a command runs in a jail that has a cgroup, its usage on one
+        line, redrawn four times a second: the instructor's "watch the memory
+        climb until the OOM killer strikes". Gone when the command ends; the
+        step's report then shows before and after."""
+        jail = self.ws.session.jail
+        if not self.ctx.interactive or jail is None or not jail.alive or jail.cgroup is None:
+            yield
+            return
+        from rich.live import Live
+        from rich.text import Text
+
+        from jailshell.ui.toolbar import cgroup_usage
+
+        cg = jail.cgroup
+        with Live(get_renderable=lambda: Text("live · " + cgroup_usage(cg), style="bold"), console=self.ctx.console,
+                  refresh_per_second=4, transient=True):
+            yield
 
     def _present_confirm(self) -> bool:
         tutor = self.ws.tutor
