@@ -25,6 +25,12 @@ import sys
 import time
 from collections.abc import Callable
 
+# Not `from typing import ...`: typing would make this process (and every fork
+# the engine does from it) heavier than `jailshell run`'s.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
 
 def peer_timer(argv: list[str] | None) -> Callable[[], float] | None:
     """Runs argv once (stdio on /dev/null) and returns its duration. Only os
@@ -44,39 +50,15 @@ def peer_timer(argv: list[str] | None) -> Callable[[], float] | None:
     return once
 
 
-def plain(runs: int, peer: Callable[[], float] | None = None) -> dict[str, object]:
-    from jailshell.engine.images.store import ImageStore
-    from jailshell.engine.run import RunSpec, run
-
-    store = ImageStore()
+def _timed(start: Callable[[], Any], runs: int, peer: Callable[[], float] | None) -> dict[str, object]:
+    """start() RUNS times after two warm-ups, each taking turns with one peer
+    run; start returns the engine's result (status, timings) or None."""
     samples: list[float] = []
     peer_samples: list[float] = []
     phases: dict[str, list[float]] = {}
     for i in range(2 + runs):
         t0 = time.perf_counter()
-        result = run(RunSpec(argv=["/bin/true"]), store=store)
-        elapsed = time.perf_counter() - t0
-        if result.status != 0:
-            raise RuntimeError(f"/bin/true exited {result.status}")
-        peer_elapsed = peer() if peer else None
-        if i >= 2:
-            samples.append(elapsed)
-            if peer_elapsed is not None:
-                peer_samples.append(peer_elapsed)
-            for k, v in result.timings.items():
-                phases.setdefault(k, []).append(v * 1000)
-    return {"samples": samples, "phases": phases, "peer": peer_samples}
-
-
-def fast_path_loop(runs: int, peer: Callable[[], float] | None = None) -> dict[str, object]:
-    from jailshell.engine import runfast
-
-    samples: list[float] = []
-    peer_samples: list[float] = []
-    phases: dict[str, list[float]] = {}
-    for i in range(2 + runs):
-        t0 = time.perf_counter()
-        result = runfast.run_plain(["/bin/true"], env=[], workdir=None, hostname=None, name=None)
+        result = start()
         elapsed = time.perf_counter() - t0
         if result is None:
             raise RuntimeError("the default image is not built")
@@ -90,6 +72,21 @@ def fast_path_loop(runs: int, peer: Callable[[], float] | None = None) -> dict[s
             for k, v in result.timings.items():
                 phases.setdefault(k, []).append(v * 1000)
     return {"samples": samples, "phases": phases, "peer": peer_samples}
+
+
+def plain(runs: int, peer: Callable[[], float] | None = None) -> dict[str, object]:
+    from jailshell.engine.images.store import ImageStore
+    from jailshell.engine.run import RunSpec, run
+
+    store = ImageStore()
+    return _timed(lambda: run(RunSpec(argv=["/bin/true"]), store=store), runs, peer)
+
+
+def fast_path_loop(runs: int, peer: Callable[[], float] | None = None) -> dict[str, object]:
+    from jailshell.engine import runfast
+
+    return _timed(lambda: runfast.run_plain(["/bin/true"], env=[], workdir=None, hostname=None, name=None), runs,
+                  peer)
 
 
 def main(argv: list[str]) -> int:

@@ -610,18 +610,9 @@ print("ok")
 
 @root
 def test_rootless_jail_brings_its_lo_up_through_its_user_namespace() -> None:
-    import tempfile
+    from tests.unprivileged import as_nobody, nobody_state
 
-    from jailshell.engine.images.store import ImageStore
-    from tests.unprivileged import as_nobody
-
-    image = ImageStore().resolve()
-    base = Path(tempfile.mkdtemp(prefix="jsh-rootless-net-"))
-    try:
-        subprocess.run(["cp", "-a", str(image.path.parent.parent.parent), str(base / "data")], check=True)
-        (base / "run").mkdir()
-        subprocess.run(["chmod", "-R", "a+rwX", str(base)], check=True)
-
+    with nobody_state() as (_base, env):
         def scenario() -> int:
             j = Jail.create()
             try:
@@ -639,11 +630,8 @@ def test_rootless_jail_brings_its_lo_up_through_its_user_namespace() -> None:
             finally:
                 j.close()
 
-        status, out = as_nobody(scenario, env={"JAILSHELL_DATA_DIR": str(base / "data"),
-                                               "JAILSHELL_RUN_DIR": str(base / "run")})
+        status, out = as_nobody(scenario, env=env)
         assert status == 0, out
-    finally:
-        subprocess.run(["rm", "-rf", str(base)], check=True)
 
 
 # --- the raw commands, run for real, give the engine's network: bridge and NAT too --------------

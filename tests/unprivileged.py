@@ -7,9 +7,13 @@ and drops to it: the code under test runs with no capabilities, for real.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 from jailshell.engine import syscalls
 
@@ -47,3 +51,21 @@ def as_nobody(fn: Callable[[], int], env: dict[str, str] | None = None) -> tuple
     os.close(r)
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status), out.decode()
+
+
+@contextlib.contextmanager
+def nobody_state() -> Iterator[tuple[Path, dict[str, str]]]:
+    """Run and data directories an unprivileged user may write, the data a copy
+    of this session's image store: (base dir, the env that points jailshell at
+    them). Removed after."""
+    from jailshell.engine.images.store import ImageStore
+
+    image = ImageStore().resolve()
+    base = Path(tempfile.mkdtemp(prefix="jsh-rootless-"))
+    try:
+        subprocess.run(["cp", "-a", str(image.path.parent.parent.parent), str(base / "data")], check=True)
+        (base / "run").mkdir()
+        subprocess.run(["chmod", "-R", "a+rwX", str(base)], check=True)
+        yield base, {"JAILSHELL_RUN_DIR": str(base / "run"), "JAILSHELL_DATA_DIR": str(base / "data")}
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=True)

@@ -634,14 +634,7 @@ class Applier:
                 assert isinstance(fwd, _Forward)
                 fwd.seek(m.offset_data)
                 fwd.copy_to(fd, remaining)
-            if self.is_root:
-                self._chown(os.fchown, fd, m.uid, m.gid)  # before chmod: chown clears setuid bits
-            os.fchmod(fd, self._mode(m))
-            if m.pax_headers:
-                for name, value in self._xattrs(m):
-                    os.setxattr(fd, name, value)
-            mtime = int(m.mtime * 1_000_000_000)
-            os.utime(fd, ns=(mtime, mtime))
+            self._fd_meta(fd, m, self._mode(m))
         finally:
             os.close(fd)
         self.stats.files += 1
@@ -676,19 +669,22 @@ class Applier:
             except (FileNotFoundError, NotADirectoryError, OSError):
                 continue
             try:
-                if self.is_root:
-                    self._chown(os.fchown, fd, m.uid, m.gid)
-                    os.fchmod(fd, m.mode & 0o7777)
-                else:
-                    os.fchmod(fd, (m.mode & 0o1777) | 0o700)
-                if m.pax_headers:
-                    for name, value in self._xattrs(m):
-                        os.setxattr(fd, name, value)
-                mtime = int(m.mtime * 1_000_000_000)
-                os.utime(fd, ns=(mtime, mtime))
+                # Not root: the directory stays writable by its owner (us), or later layers could not add to it.
+                self._fd_meta(fd, m, m.mode & 0o7777 if self.is_root else (m.mode & 0o1777) | 0o700)
             finally:
                 os.close(fd)
         self._dirs = []
+
+    def _fd_meta(self, fd: int, m: tarfile.TarInfo, mode: int) -> None:
+        """Owner (when root), mode, xattrs and mtime of an open file or directory."""
+        if self.is_root:
+            self._chown(os.fchown, fd, m.uid, m.gid)  # before chmod: chown clears setuid bits
+        os.fchmod(fd, mode)
+        if m.pax_headers:
+            for name, value in self._xattrs(m):
+                os.setxattr(fd, name, value)
+        mtime = int(m.mtime * 1_000_000_000)
+        os.utime(fd, ns=(mtime, mtime))
 
     def _owner_and_times(self, m: tarfile.TarInfo, pfd: int, base: str) -> None:
         if self.is_root:

@@ -247,19 +247,9 @@ def test_closing_twice_and_killed_holder(jail: Jail) -> None:
 
 def test_rootless_live_jail_user_namespace_first(tmp_path: object) -> None:
     """As uid 65534: every step is refused until the user namespace, then all work."""
-    import tempfile
-    from pathlib import Path
+    from tests.unprivileged import as_nobody, nobody_state
 
-    from jailshell.engine.images.store import ImageStore
-    from tests.unprivileged import as_nobody
-
-    image = ImageStore().resolve()
-    base = Path(tempfile.mkdtemp(prefix="jsh-rootless-"))
-    try:
-        subprocess.run(["cp", "-a", str(image.path.parent.parent.parent), str(base / "data")], check=True)
-        (base / "run").mkdir()
-        subprocess.run(["chmod", "-R", "a+rwX", str(base)], check=True)
-
+    with nobody_state() as (base, env):
         def scenario() -> int:
             j = Jail.create()
             try:
@@ -281,9 +271,6 @@ def test_rootless_live_jail_user_namespace_first(tmp_path: object) -> None:
                 j.close()
             return 0
 
-        status, out = as_nobody(scenario, env={"JAILSHELL_RUN_DIR": str(base / "run"),
-                                               "JAILSHELL_DATA_DIR": str(base / "data")})
+        status, out = as_nobody(scenario, env=env)
         assert status == 0, out
         assert not any((base / "run" / "jails").iterdir())
-    finally:
-        subprocess.run(["rm", "-rf", str(base)], check=True)
