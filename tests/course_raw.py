@@ -16,7 +16,8 @@ second jail (B) to the state before each step, do the step on B with the
   next commands have a jail to act on.
 
 Lessons that drive docker containers (`docker ...`, `walk`) are left out of
-B: the unrolled docker plan has its own by-hand tests.
+B: the unrolled docker plan, its volumes, and the stop and kill lines have
+their own by-hand tests (tests/test_containers_byhand.py).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def test_env_name_alone_takes_this_side_s_value_or_nothing(monkeypatch: pytest.M
 @pytest.mark.parametrize(("line", "message"), [
     ("run --privileged busybox", "flag --privileged is not supported by jailshell (jailshell never hands"),
     ("run --cap-add NET_ADMIN busybox", "flag --cap-add is not supported"),
-    ("run --entrypoint sh busybox", "flag --entrypoint is not supported"),
+    ("run --init busybox", "flag --init is not supported"),
     ("run -x busybox", "docker run: flag -x is not supported by jailshell"),
     ("run --nmae web busybox", "did you mean --name?"),
     ("ps -l", "docker ps: flag -l is not supported by jailshell"),

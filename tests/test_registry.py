@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.server
 import json
+import os
+import re
 import socket
 import subprocess
 import threading
@@ -20,7 +22,7 @@ import pytest
 from jailshell.cli import main as cli_main
 from jailshell.engine.images import blobs
 from jailshell.engine.images.oci import Platform
-from jailshell.engine.images.registry import Client, Offline, PullEvents, Reference, _challenge, pull
+from jailshell.engine.images.registry import Client, Offline, PullEvents, Reference, _challenge, fetch, pull
 from jailshell.engine.images.store import ImageStore
 from jailshell.errors import JailshellError
 from tests.test_images import ROOTLESS, add_index, assert_busybox_image, build_layout, sh, skopeo
@@ -167,6 +169,36 @@ def test_pull_works_offline_once_cached(own_registry: Registry, store: ImageStor
     with pytest.raises(Offline, match="cannot reach registry") as err:
         pull(f"{own_registry.host}/test/never-pulled:1", store=store)
     assert err.value.hint and "pulled before" in err.value.hint
+
+
+def test_fetch_stores_verified_blobs_only_and_a_later_pull_extracts_them_offline(
+        own_registry: Registry, layout: Path, store: ImageStore, capsys: pytest.CaptureFixture[str]) -> None:
+    ref = f"{own_registry.host}/test/bb:1"
+    manifest = manifest_of(layout)
+    fetched = fetch(ref, store=store)
+    assert fetched.layers == len(manifest["layers"]) and fetched.cached == 0
+    assert fetched.downloaded == sum(layer["size"] for layer in manifest["layers"])
+    cache = blobs.BlobCache(store.blobs_dir)
+    for desc in [manifest["config"], *manifest["layers"]]:
+        assert cache.has(desc["digest"])
+        assert blobs.digest_bytes(cache.path(desc["digest"]).read_bytes()) == desc["digest"]
+    assert list(store.images()) == []  # nothing extracted, no image listed
+    # Again: everything is cached, nothing downloaded.
+    assert fetch(ref, store=store).cached == fetched.layers
+    own_registry.stop()
+    image = pull(ref, store=store)  # the registry is gone: extracted from the cache
+    assert_busybox_image(image)
+
+
+def test_fetch_refuses_a_corrupted_layer(own_registry: Registry, layout: Path, store: ImageStore) -> None:
+    layer = manifest_of(layout)["layers"][0]["digest"]
+    data = own_registry.blob_data(layer)
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 3] ^= 0x01
+    data.write_bytes(bytes(raw))
+    with pytest.raises(JailshellError, match="digest mismatch"):
+        fetch(f"{own_registry.host}/test/bb:1", store=store)
+    assert not blobs.BlobCache(store.blobs_dir).has(layer)
 
 
 def test_corrupted_layer_in_the_registry_is_refused(own_registry: Registry, layout: Path, store: ImageStore) -> None:
@@ -383,6 +415,22 @@ def test_cli_pull(registry: Registry, tmp_path: Path, monkeypatch: pytest.Monkey
     assert cli_main(["image", "pull", "UPPER/case"]) == 2
 
 
+def test_cli_pull_no_unpack(registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("JAILSHELL_DATA_DIR", str(tmp_path / "data"))
+    ref = f"{registry.host}/test/bb:1"
+    assert cli_main(["image", "pull", "--no-unpack", ref]) == 0
+    out = capsys.readouterr().out
+    assert f"fetched {ref}" in out and "3 layer(s)" in out and "0 already cached" in out and "not extracted" in out
+    assert cli_main(["image", "ls"]) == 0
+    assert registry.host not in capsys.readouterr().out
+    assert cli_main(["image", "pull", "--no-unpack", "--name", "x:1", ref]) == 2
+    assert "--no-unpack stores blobs only" in capsys.readouterr().err
+    assert cli_main(["image", "pull", "-q", ref]) == 0  # extracted from the cache
+    assert cli_main(["image", "ls"]) == 0
+    assert f"{registry.host}/test/bb" in capsys.readouterr().out
+
+
 def test_cli_pull_draws_progress_bars_on_a_terminal(registry: Registry, layout: Path, tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
@@ -472,3 +520,116 @@ def test_a_layer_is_read_while_it_downloads(tmp_path: Path) -> None:
     failing.fail(JailshellError("blob digest mismatch: expected x, got y"))
     with pytest.raises(JailshellError, match="digest mismatch"):
         reader.read(10)
+
+
+# -- docker pull in the REPL, and its by-hand form ---------------------------------------------------
+
+
+def _gnu_tar_layout(where: Path, rootfs: Path) -> Path:
+    """A two-layer OCI layout whose layers GNU tar wrote (as docker's own
+    builders write them: umoci's layers end without tar's closing blocks,
+    which GNU tar refuses): the busybox root, then an added /etc/motd."""
+    import hashlib
+
+    blob_dir = where / "blobs/sha256"
+    blob_dir.mkdir(parents=True)
+
+    def put(raw: bytes) -> dict[str, object]:
+        digest = hashlib.sha256(raw).hexdigest()
+        (blob_dir / digest).write_bytes(raw)
+        return {"digest": f"sha256:{digest}", "size": len(raw)}
+
+    extra = where / "extra"
+    (extra / "etc").mkdir(parents=True)
+    (extra / "etc/motd").write_text("pulled by hand\n")
+    layers, diff_ids = [], []
+    for src in (rootfs, extra):
+        plain = subprocess.run(["tar", "-C", str(src), "--numeric-owner", "-cf", "-", "."], capture_output=True,
+                               check=True).stdout
+        diff_ids.append("sha256:" + hashlib.sha256(plain).hexdigest())
+        gz = subprocess.run(["gzip", "-n"], input=plain, capture_output=True, check=True).stdout
+        layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(gz)})
+    config = put(json.dumps({"architecture": Platform.host().architecture, "os": "linux",
+                             "config": {"Cmd": ["/bin/sh"]},
+                             "rootfs": {"type": "layers", "diff_ids": diff_ids}}).encode())
+    manifest = put(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                               "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+                               "layers": layers}).encode())
+    (where / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (where / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
+         "annotations": {"org.opencontainers.image.ref.name": "gnu"}}]}))
+    return where
+
+
+def _tree(root: Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = "-> " + os.readlink(path)
+        elif path.is_file():
+            out[rel] = hashlib_of(path)
+        else:
+            out[rel] = "dir"
+    return out
+
+
+def hashlib_of(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_repl_docker_pull_shows_curl_commands_that_fetch_the_same_image(
+        registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from jailshell.commands.builtin import build_workspace
+    from jailshell.commands.results import Message, Results, StepReport
+    from jailshell.context import AppContext
+
+    layout = _gnu_tar_layout(tmp_path / "gnu", ImageStore().resolve().rootfs)
+    registry.push(layout, "gnu", "test/gnu:1")
+    monkeypatch.setenv("JAILSHELL_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.chdir(tmp_path)
+    ctx = AppContext.for_streams(open(os.devnull, "w"), state_dir=tmp_path / "s")  # noqa: SIM115
+    ws = build_workspace(ctx, keep_progress=False)
+    ref = f"{registry.host}/test/gnu:1"
+    try:
+        result = ws.run_line(f"docker pull {ref}")
+        assert isinstance(result, Results), result
+        report = next(r for r in result.items if isinstance(r, StepReport))
+        assert report.equivalents is not None and report.equivalents.docker == f"docker pull {ref}"
+        assert any(isinstance(m, Message) and m.level == "ok" and ref in m.text for m in result.items)
+        image = ImageStore().resolve(ref)
+        # The shown commands, by hand: the manifest's sha256 is the digest the pull recorded, and
+        # tar builds the same root from the same blobs (these layers hold no whiteouts).
+        raw = [re.sub(r"\s{2,}#.*$", "", line) for line in report.equivalents.raw]
+        got = subprocess.run(["sh", "-c", raw[0]], capture_output=True, text=True, timeout=30, check=True)
+        assert "sha256:" + got.stdout.split()[0] == image.meta["blobs"][0]
+        assert raw[-len(image.layers) - 1] == "mkdir root"
+        for line in raw[-len(image.layers) - 1:]:
+            subprocess.run(["sh", "-c", line], cwd=tmp_path, check=True, timeout=60)
+        assert (tmp_path / "root/etc/motd").read_text() == "pulled by hand\n"
+        assert _tree(tmp_path / "root") == _tree(image.rootfs)
+        # Unknown image: a clear error, nothing stored.
+        with pytest.raises(JailshellError, match="not found in the registry"):
+            ws.run_line(f"docker pull {registry.host}/test/none:1")
+        assert ImageStore().get(f"{registry.host}/test/none:1") is None
+    finally:
+        ws.close()
+
+
+def test_docker_pull_and_image_prune_from_the_command_line(registry: Registry, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("JAILSHELL_DATA_DIR", str(tmp_path / "data"))
+    ref = f"{registry.host}/test/bb:1"
+    assert cli_main(["docker", "pull", ref]) == 0
+    out = capsys.readouterr()
+    assert out.out.startswith("Digest: sha256:") and "by hand" in out.err and "| tar -z -xpf - -C root" in out.err
+    assert cli_main(["docker", "image", "rm", ref]) == 2  # not a verb jailshell has: says so
+    ImageStore().remove(ref)
+    assert cli_main(["docker", "image", "prune", "-f"]) == 0
+    out = capsys.readouterr()
+    assert "deleted: " in out.out and "Total reclaimed space" in out.out
+    assert not list(blobs.BlobCache(ImageStore().blobs_dir).root.glob("sha256/*"))

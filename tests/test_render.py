@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -156,18 +157,23 @@ CASES: dict[str, Any] = {
 }
 
 
-def render(result: Any, *, present: bool = False) -> str:
+def render(result: Any, *, present: bool = False, present_width: int | None = None) -> str:
     buf = io.StringIO()
     ctx = AppContext.for_streams(buf, width=80, state_dir=Path("/nonexistent"))
-    r = Renderer(ctx.console, present=present)
+    r = Renderer(ctx.console, present=present, present_width=present_width)
     for item in result if isinstance(result, list) else [result]:
         r.render(item)
     return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# Presenter mode's screens (for a projector), at the same 80 columns.
+PRESENT_CASES = ("lesson_step", "step_exec", "state_all", "messages")
+
+
+@pytest.mark.parametrize("name", sorted(CASES) + [f"present_{n}" for n in PRESENT_CASES])
 def test_screen_matches_snapshot(name: str) -> None:
-    got = render(CASES[name])
+    present = name.startswith("present_")
+    got = render(CASES[name.removeprefix("present_")], present=present)
     path = SNAPSHOTS / f"{name}.txt"
     if os.environ.get("JAILSHELL_UPDATE_SNAPSHOTS") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -205,3 +211,44 @@ def test_presenter_mode_shows_host_and_jail_side_by_side() -> None:
 
 def test_markup_in_lesson_text_is_shown_as_written() -> None:
     assert "[ro]" in render(Message("mount bind SOURCE TARGET [ro]"))
+
+
+def test_presenter_mode_is_narrower_centred_and_spaced() -> None:
+    from jailshell.ui.render import Presentation
+
+    # The layout as a setting: two thirds of the terminal, at least 60 columns, never more than it has.
+    assert Presentation.for_terminal(80) == Presentation(60, 10)
+    assert Presentation.for_terminal(240) == Presentation(160, 40)
+    assert Presentation.for_terminal(50) == Presentation(50, 0)
+    assert Presentation.for_terminal(200, 72) == Presentation(72, 64)  # --present-width
+    assert Presentation.for_terminal(100, 10) == Presentation(40, 30)  # but never unreadably narrow
+    text = render(CASES["step_exec"], present=True)
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert all(line.startswith(" " * 10) for line in lines), text  # the margin, on every line
+    assert max(len(line) for line in lines if not line.startswith(" " * 14)) <= 70  # 60 columns of text
+    assert "\n\n" in text and "\n\n" not in render(CASES["step_exec"])  # blank lines between blocks
+    narrow = render(CASES["step_exec"], present=True, present_width=50)
+    assert all(line.startswith(" " * 15) for line in narrow.splitlines() if line.strip())
+
+
+def test_presenter_mode_is_bold_and_never_dim() -> None:
+    from rich.console import Console
+
+    from jailshell.ui.style import rich_theme
+
+    def ansi(present: bool) -> str:
+        buf = io.StringIO()
+        console = Console(file=buf, width=80, force_terminal=True, color_system="standard", theme=rich_theme(),
+                          highlight=False, markup=False, _environ={})
+        Renderer(console, present=present).render(CASES["lesson_step"])
+        return buf.getvalue()
+
+    plain, present = ansi(False), ansi(True)
+    dim = re.compile(r"\x1b\[(?:[0-9;]*;)?2(?:;[0-9;]*)?m")  # SGR 2: faint
+    assert dim.search(plain) and not dim.search(present)
+    bold = re.compile(r"\x1b\[(?:[0-9;]*;)?1(?:;[0-9;]*)?m")
+    # Every visible line is drawn bold (plain text included), so it reads from the back row.
+    for line in present.splitlines():
+        if re.sub(r"\x1b\[[0-9;]*m|\x1b\[[0-9;]*[HJ]", "", line).strip():
+            assert bold.search(line), repr(line)
+    assert "\x1b[2J" in present and "\x1b[2J" not in plain  # one step per screen: cleared before it

@@ -140,7 +140,33 @@ def test_completion_of_commands_and_arguments(session: Session) -> None:
                                  "hostname", "users"]
     assert words("mount p") == ["proc"]
     assert "uts-and-pid/hostname" in words("step uts-and-pid/")
-    assert words("chroot ") == []
+    assert words("chroot /nonexistent/") == []
+
+
+def test_chroot_completes_directories_as_the_command_reads_them(session: Session, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    comp = CommandCompleter(session.ws)
+
+    def words(text: str) -> list[str]:
+        return [c.text for c in comp.get_completions(Document(text), None)]  # type: ignore[arg-type]
+
+    (tmp_path / "roots" / "alpine").mkdir(parents=True)
+    (tmp_path / "roots" / "busybox").mkdir()
+    (tmp_path / "roots" / "notes.txt").write_text("x")
+    (tmp_path / "roots" / ".hidden").mkdir()
+    assert words(f"chroot {tmp_path}/roots/") == ["alpine/", "busybox/"]  # directories only, no dot-files
+    assert words(f"chroot {tmp_path}/roots/b") == ["busybox/"]
+    assert words(f"untar {tmp_path}/roots/n") == ["notes.txt"]  # a file argument lists files too
+    monkeypatch.chdir(tmp_path)
+    assert words("chroot roots/a") == ["alpine/"]  # relative to where jailshell runs, as `chroot` reads it
+    assert words("chroot $L") == []  # no lab yet: completing must not make one
+    lab = session.ws.lab
+    try:
+        (lab / "root").mkdir()
+        assert words("chroot $L") == ["$LAB/"]
+        assert words("chroot $LAB/r") == ["root/"]
+    finally:
+        session.ws.close()
 
 
 def test_lexer_marks_known_and_unknown_commands(session: Session) -> None:
@@ -390,3 +416,81 @@ def test_cgroup_usage_is_shown_live_while_a_command_runs(session: Session) -> No
     frames = re.findall(r"live · cgroup[^\x1b\r\n]*", out)
     # Redrawn while `sleep 1` ran (four times a second), with the jail's tasks against its limit.
     assert len(frames) >= 2 and all("/20" in f for f in frames), out[-2000:]
+
+
+# -- a failure in what prompt_toolkit calls never ends the session ---------------------------------
+
+INTERNAL = "jailshell: internal error in the {}: RuntimeError: {} (a bug in jailshell, not your mistake: please " \
+           "report it"
+
+
+def _raise(message: str) -> Any:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(message)
+    return broken
+
+
+def test_a_broken_completer_is_shown_and_the_session_goes_on(session: Session,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import jailshell.ui.completer
+
+    monkeypatch.setattr(jailshell.ui.completer, "completions", _raise("no completions today"))
+    out, _ = session.run("less\t\t\r" + "help\r" + CTRL_D)
+    assert flat(INTERNAL.format("completer", "no completions today")) in flat(out)
+    assert flat(out).count("internal error in the completer") == 1  # once, not at every Tab
+    assert "unknown command 'less'" in flat(out)  # the line was run as typed, uncompleted
+    assert "the jail, step by step" in flat(out)  # and the next command ran
+
+
+def test_a_broken_lexer_is_shown_once_and_lines_are_drawn_plain(session: Session,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import jailshell.ui.lexer
+
+    monkeypatch.setattr(jailshell.ui.lexer, "lex_line", _raise("cannot colour"))
+    out, status = session.run("lessons\r" + "help\r" + CTRL_D)
+    assert flat(out).count(flat(INTERNAL.format("lexer", "cannot colour"))) == 1  # drawn at every key: shown once
+    assert "uts-and-pid" in out and "the jail, step by step" in out and status == 0
+
+
+def test_a_bad_style_from_our_tokens_is_shown_and_drawn_unstyled(session: Session,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import jailshell.ui.lexer
+
+    monkeypatch.setattr(jailshell.ui.lexer, "lex_line", lambda line, reg: [("#zz", line)])
+    out, _ = session.run("help\r" + CTRL_D)
+    assert "jailshell: internal error in the style: ValueError" in flat(out)
+    assert "the jail, step by step" in out
+
+
+def test_a_broken_prompt_status_line_or_key_is_shown_and_the_session_goes_on(
+        session: Session, monkeypatch: pytest.MonkeyPatch) -> None:
+    import jailshell.ui.app
+    import jailshell.ui.keys
+
+    monkeypatch.setattr(jailshell.ui.app, "prompt_tokens", _raise("no prompt"))
+    monkeypatch.setattr(jailshell.ui.keys, "run_command", _raise("no key"))
+    real_enter_line = jailshell.ui.app.enter_line
+
+    def enter_line(ws: Workspace) -> str | None:
+        import inspect
+
+        if any(f.function == "get_toolbar_tokens" for f in inspect.stack()[1:3]):
+            raise RuntimeError("no status")
+        return real_enter_line(ws)
+
+    monkeypatch.setattr(jailshell.ui.app, "enter_line", enter_line)
+    out, _ = session.run(F1 + "lessons\r" + CTRL_D)
+    for where, what in (("prompt", "no prompt"), ("status line", "no status"), ("key binding for F1", "no key")):
+        assert flat(INTERNAL.format(where, what)) in flat(out), where
+    assert "uts-and-pid" in out  # `lessons` ran after all three
+
+
+def test_a_prompt_that_cannot_be_drawn_falls_back_to_a_plain_one(session: Session,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import jailshell.ui.style
+
+    # Not a style at all: prompt_toolkit fails inside its own drawing, outside every guarded callback.
+    monkeypatch.setattr(jailshell.ui.style, "prompt_style", lambda: object())
+    out, _ = session.run("lessons\r" + "help\r" + CTRL_D)
+    assert "jailshell: internal error in the prompt: AttributeError" in flat(out)
+    assert "uts-and-pid" in out and "the jail, step by step" in out

@@ -251,10 +251,39 @@ def _captured(cmd: DockerCommand) -> Results:
     return Results(items)
 
 
+def _pull(cmd: DockerCommand) -> Results:
+    """`docker pull`: done by the same code as `jailshell image pull`, shown with
+    the registry HTTP requests it made, as curl commands (from its own digests)."""
+    from jailshell.engine.equivalents import Equivalents
+    from jailshell.engine.images.oci import Platform
+    from jailshell.engine.images.registry import PullEvents, by_hand, pull
+
+    ref = cmd.args[0]
+    statuses: list[str] = []
+    platform = Platform.parse(cmd.opts["platform"]) if cmd.opts.get("platform") else None
+    image = pull(ref, platform=platform, events=PullEvents(
+        on_status=statuses.append,
+        on_blob_done=lambda digest, cached: statuses.append(
+            f"{digest[7:19]}: {'already cached' if cached else 'downloaded, digest checked'}")))
+    eq = Equivalents(docker=cmd.line, raw=by_hand(ref, image), where="host",
+                     note="The first line's sha256 is the image's digest; each layer is a tarball, unpacked in "
+                          "order. tar neither checks digests nor applies whiteouts: jailshell's pull does both.")
+    digest = (image.meta.get("blobs") or ["?"])[0]
+    return Results([StepReport(cmd.line, "pull", "host", eq), Message("\n".join(statuses)),
+                    Message(f"{image.ref}: {len(image.layers)} layer(s), digest {digest}", "ok",
+                            hint=f"`layers {image.ref}` shows each layer; `docker run {image.ref} ...` runs it")])
+
+
 def _other(ws: Workspace, cmd: DockerCommand) -> Any:
     from jailshell.engine import cli_docker, containers
 
     o = cmd.opts
+    if cmd.verb == "pull":
+        return _pull(cmd)
+    if cmd.verb == "image-prune" and not o.get("force"):
+        o["force"] = True
+        return Confirm("Remove every cached blob and layer no image uses?", lambda: _captured(cmd),
+                       Message("nothing removed"))
     if cmd.verb in ("container-prune", "system-prune") and not o.get("force"):
         what = "every container that is not running" + (
             ", and whatever dead jailshell processes left on this host" if cmd.verb == "system-prune" else "")

@@ -111,7 +111,7 @@ def cmd_export(ws: Workspace, args: Args) -> Results:
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            count = rootfs.export_tar(jail.rootfs, fh, on_entry=listing)
+            count = rootfs.export_tar(jail.root_dir, fh, on_entry=listing)
         os.replace(tmp, out)
     except OSError as exc:
         raise JailshellError(f"cannot write {out}: {exc.strerror or exc}") from None
@@ -119,7 +119,7 @@ def cmd_export(ws: Workspace, args: Args) -> Results:
         tmp.unlink(missing_ok=True)
     eq = Equivalents(
         docker=f"docker export -o {q(out)} CONTAINER",
-        raw=[f"tar -C {q(jail.rootfs)} --numeric-owner -cf {q(out)} ."],
+        raw=[f"tar -C {q(jail.root_dir)} --numeric-owner -cf {q(out)} ."],
         note="The jail's root seen from the host: the overlay of the image and the jail's own changes. Mounts made "
              "inside the jail (proc, sys, ...) are not in it, as with docker export.")
     line = f"export {q(args['file'])}"

@@ -8,8 +8,10 @@ again, record what was done. The result is data: the UI shows it.
 
 from __future__ import annotations
 
+import os
 import shlex
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jailshell.commands.registry import Arg, Args, Command
@@ -211,9 +213,50 @@ def cmd_umount(ws: Workspace, args: Args) -> StepReport:
     return report
 
 
+def chroot_target(ws: Workspace, word: str) -> Path:
+    """The directory a typed `chroot ROOT` names, as the host sees it: ~ and
+    $LAB expanded (the dispatcher expands $LAB in the line; a lesson's check
+    may not have), relative to where jailshell was started, and checked."""
+    from jailshell.engine.jail import check_root_dir
+
+    path = Path(os.path.abspath(Path(ws.expand(word)).expanduser()))
+    check_root_dir(path)
+    return path
+
+
+def _typed(ws: Workspace, path: Path) -> str:
+    """PATH as the line that is shown and recorded: under this session's $LAB,
+    written with $LAB (the same directory on replay, and readable)."""
+    lab = ws._lab[0] if ws._lab is not None else None
+    if lab is not None and (path == lab or lab in path.parents):
+        rest = str(path)[len(str(lab)):]
+        return "$LAB" + (shlex.quote(rest) if rest else "")
+    return shlex.quote(str(path))
+
+
 def cmd_chroot(ws: Workspace, args: Args) -> StepReport:
-    return perform(ws, "chroot", "chroot", {}, lambda j: j.chroot(), shows=("root",),
-                   why_not="a chroot is left only by escaping it (the hole the chroot lesson shows)")
+    from jailshell.engine.jail import missing_shell
+
+    word = args.get("root")
+    root = chroot_target(ws, word) if word else None  # bad input is refused before a jail is even started
+    jail, _ = ws.session.ensure()
+    own = root is None or root == jail.rootfs
+    notes = []
+    if not own and not ws.replaying and jail.state.root_mode == "host":
+        assert root is not None
+        why = missing_shell(root)
+        if why:
+            notes.append(f"Careful: {why}, so `shell` and `exec sh` will fail in this root (a directory "
+                         "unpacked from an image has one: `untar $LAB/export.tar $LAB/root`).")
+        if jail.state.mounts:
+            notes.append(f"What was mounted before ({', '.join(jail.state.mounts)}) is in the jail's own root "
+                         f"filesystem {jail.rootfs}, not under {root}: the jail will not see it.")
+    line = "chroot" if root is None or own else f"chroot {_typed(ws, root)}"
+    params = {} if own else {"root": str(root)}
+    report = perform(ws, line, "chroot", params, lambda j: j.chroot(None if own else root), shows=("root",),
+                     why_not="a chroot is left only by escaping it (the hole the chroot lesson shows)")
+    report.notes.extend(notes)
+    return report
 
 
 def cmd_pivot_root(ws: Workspace, args: Args) -> StepReport:
@@ -287,12 +330,16 @@ def cmd_shell(ws: Workspace, args: Args) -> Handover:
 # -- looking ------------------------------------------------------------------------------
 
 
-def _view(sections: tuple[str, ...], title: str) -> Callable[[Workspace, Args], StateView]:
+def _view(sections: tuple[str, ...], title: str, *, with_root: bool = False) -> Callable[[Workspace, Args], StateView]:
+    """with_root: once the jail's root is switched, the view says which root
+    (what `ps` and `mounts` show is seen from it: the mount table lists only
+    what is reachable from the jail's root)."""
     def handler(ws: Workspace, args: Args) -> StateView:
         from jailshell.engine import inspect
 
         jail, _ = ws.session.ensure()
-        view = StateView(inspect.snapshot(jail), sections, title)
+        shown = (*sections, "root") if with_root and jail.state.root_mode != "host" else sections
+        view = StateView(inspect.snapshot(jail), shown, title)
         if "cgroup" in sections and jail.cgroup is not None:
             from jailshell.commands.cgroup_cmds import view as cgroup_view
 
@@ -329,7 +376,10 @@ def commands() -> list[Command]:
                  Arg("mode", "ro for read-only", ("ro",), optional=True))),
         Command("umount", cmd_umount, "unmount TARGET (a mount name or a path) inside the jail",
                 (Arg("target", "mount name or path", mounted),), ("unmount",)),
-        Command("chroot", cmd_chroot, "change the jail's root directory to its root filesystem (the unsafe way)"),
+        Command("chroot", cmd_chroot, "change the jail's root directory to its root filesystem, or to ROOT (a "
+                "directory on the host, e.g. one unpacked with untar); the unsafe way",
+                (Arg("root", "a directory on the host holding a root filesystem (default: the jail's own)",
+                     optional=True),)),
         Command("pivot-root", cmd_pivot_root, "switch the jail's root with pivot_root and detach the old one "
                 "(needs mnt)", aliases=("pivot_root", "pivot")),
         Command("mask", cmd_mask, "hide the host's kernel files in /proc and /sys, as docker does"),
@@ -343,9 +393,10 @@ def commands() -> list[Command]:
                 in_lessons=False, needs_tty=True),
         Command("ns", _view(("namespaces",), "namespaces: host vs jail"), "namespace inodes, host vs jail",
                 group="inspect", aliases=("namespaces",)),
-        Command("ps", _view(("processes",), "processes"), "the jail's processes, with their PID outside and inside",
+        Command("ps", _view(("processes",), "processes", with_root=True),
+                "the jail's processes, with their PID outside and inside", group="inspect"),
+        Command("mounts", _view(("mounts",), "the jail's mount table", with_root=True), "the jail's mount table",
                 group="inspect"),
-        Command("mounts", _view(("mounts",), "the jail's mount table"), "the jail's mount table", group="inspect"),
         Command("state", _view(ALL_SECTIONS, "live state"), "everything: namespaces, hostname, processes, mounts, "
                 "root, user map, cgroup, interfaces", group="inspect"),
         Command("diff", cmd_diff, "what changed since the jail was started", group="inspect"),

@@ -60,7 +60,7 @@ def build(session: JailSession, name: str = "jailshell-session.sh") -> str:
         raise InvalidInput("nothing done to the jail yet", hint="run a step first (Enter)")
     kinds = list(jail.state.unshared)
     root_mode = jail.state.root_mode
-    rootfs = str(jail.rootfs)
+    rootfs = str(jail.root_dir)  # the jail's own root filesystem, or the DIR of `chroot DIR`
     chrooted_start = root_mode == "chroot"
     create = equivalents.for_create(jail)
 
@@ -102,7 +102,8 @@ def build(session: JailSession, name: str = "jailshell-session.sh") -> str:
         # The jail first: unshare --fork reaps it and exits, so no zombie keeps a cgroup busy.
         '  kill -KILL "${JAIL:-$STARTER}" 2>/dev/null || true',
         '  wait "$STARTER" 2>/dev/null || true',
-        f"  umount {shlex.quote(rootfs)} 2>/dev/null || true",
+        # The overlay the script mounted on the host is the jail's own root, even when `chroot DIR` chose another.
+        f"  umount {shlex.quote(str(jail.rootfs))} 2>/dev/null || true",
         f"  rm -rf {shlex.quote(jail_dir)}",  # (both become $DIR below)
     ]
     if cgroup_dirs:
@@ -156,6 +157,9 @@ def _step_lines(i: int, d: Done, rootfs: str, final_root: str) -> list[str]:
         if d.root_mode == "chroot" and final_root == "pivot":
             # The script's jail is not chrooted (pivot_root would not move it):
             # what the session did inside the chroot is done with the chroot's path.
-            line = line.replace(" --root --wd", f" --root={shlex.quote(rootfs)} --wd={shlex.quote(rootfs)}")
+            # Not `nsenter --root=DIR`: nsenter opens DIR before it enters the mount
+            # namespace, so that root would be the host's mount of DIR, where mount(2)
+            # fails with EINVAL. chroot(1), run inside, finds the jail's own.
+            line = line.replace(" --root --wd ", f" chroot {shlex.quote(rootfs)} ")
         lines.append(line)
     return [*head, *lines, ""]

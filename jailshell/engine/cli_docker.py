@@ -357,6 +357,45 @@ def _image_ls(cmd: Any, o: Output) -> int:
     return 0
 
 
+def _pull(cmd: Any, o: Output) -> int:
+    from jailshell.engine.images.cli_image import human
+    from jailshell.engine.images.oci import Platform
+    from jailshell.engine.images.registry import PullEvents, by_hand, pull
+
+    ref = cmd.args[0]
+    platform = Platform.parse(cmd.opts["platform"]) if cmd.opts.get("platform") else None
+    events = PullEvents() if cmd.opts.get("quiet") else PullEvents(
+        on_status=o.note,
+        on_blob=lambda digest, size: o.note(f"{digest[7:19]}: downloading ({human(size)})"),
+        on_blob_done=lambda digest, cached: o.note(f"{digest[7:19]}: {'already exists' if cached else 'done'}"))
+    image = pull(ref, platform=platform, events=events)
+    if cmd.opts.get("quiet"):
+        o.print(image.ref)
+        return 0
+    digest = (image.meta.get("blobs") or ["?"])[0]
+    o.print(f"Digest: {digest}")
+    o.print(f"Status: {image.ref}: {len(image.layers)} layer(s) in {image.rootfs}")
+    if not o.quiet:
+        o.note("by hand (the registry's HTTP API, then tar):")
+        for line in by_hand(ref, image):
+            o.note("  " + line)
+    return 0
+
+
+def _image_prune(cmd: Any, o: Output) -> int:
+    from jailshell.engine.images.cli_image import human
+    from jailshell.engine.images.store import ImageStore
+
+    if not _confirm(o, "WARNING! This will remove every cached blob and layer no image uses. Are you sure you "
+                       "want to continue?", bool(cmd.opts.get("force"))):
+        return 0
+    report = ImageStore().prune()
+    for item in report.removed:
+        o.print(f"deleted: {item}")
+    o.print(f"Total reclaimed space: {human(report.freed)}")
+    return 0
+
+
 def _version(cmd: Any, o: Output) -> int:
     import platform
 
@@ -425,5 +464,5 @@ def _help(cmd: Any, o: Output) -> int:
 HANDLERS: dict[str, Callable[[Any, Output], int]] = {
     "run": _run, "create": _create, "start": _start, "stop": _stop, "kill": _kill, "rm": _rm, "exec": _exec,
     "attach": _attach, "logs": _logs, "export": _export, "ps": _ps, "image-ls": _image_ls, "version": _version,
-    "help": _help, "container-prune": _prune, "system-prune": _prune,
+    "help": _help, "container-prune": _prune, "system-prune": _prune, "pull": _pull, "image-prune": _image_prune,
 }

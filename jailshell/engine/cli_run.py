@@ -1,4 +1,5 @@
-"""`jailshell run [--rm] [--hostname NAME] [--image REF] [--network MODE] [-p H:C] [--link N] -- CMD [ARGS...]`."""
+"""`jailshell run [--rm] [--hostname NAME] [--image REF] [--entrypoint CMD] [--network MODE] [-p H:C] [--link N]
+-- [ARGS...]`."""
 
 from __future__ import annotations
 
@@ -12,15 +13,17 @@ if TYPE_CHECKING:
 # line; parse_fast() below handles the options of this table and leaves
 # anything else (--help, abbreviations, unknown options) to argparse.
 _FAST_FLAGS = {"--rm": "rm", "--userns": "userns", "--timings": "timings"}
-_FAST_VALUES = {"--image": "image", "--hostname": "hostname", "--name": "name", "-w": "workdir", "--workdir": "workdir",
-                "-m": "memory", "--memory": "memory", "--pids-limit": "pids_limit", "--cpus": "cpus",
+_FAST_VALUES = {"--image": "image", "--entrypoint": "entrypoint", "--hostname": "hostname", "--name": "name",
+                "-w": "workdir", "--workdir": "workdir", "-m": "memory", "--memory": "memory",
+                "--pids-limit": "pids_limit", "--cpus": "cpus",
                 "--network": "network", "--net": "network"}
 _FAST_LISTS = {"-e": "env", "--env": "env", "-v": "volume", "--volume": "volume", "-p": "publish",
                "--publish": "publish", "--link": "link"}
 _FAST_CHOICES = {"network": ("none", "bridge", "host")}
-_FAST_DEFAULTS: dict[str, object] = {"rm": False, "image": None, "hostname": None, "name": None, "env": [], "workdir": None, "volume": [],
-                  "memory": None, "pids_limit": None, "cpus": None, "network": "none", "publish": [], "link": [],
-                  "userns": False, "timings": False, "cmd": []}
+_FAST_DEFAULTS: dict[str, object] = {"rm": False, "image": None, "entrypoint": None, "hostname": None, "name": None,
+                                     "env": [], "workdir": None, "volume": [], "memory": None, "pids_limit": None,
+                                     "cpus": None, "network": "none", "publish": [], "link": [], "userns": False,
+                                     "timings": False, "cmd": []}
 
 
 class FastArgs:
@@ -86,6 +89,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--rm", action="store_true", help="remove the container's writable layer when it exits")
     p.add_argument("--image", default=None, help="image reference (default: the embedded busybox)")
+    p.add_argument("--entrypoint", default=None, metavar="CMD",
+                   help="run CMD instead of the image's Entrypoint (its Cmd is then dropped, as docker does; "
+                        "\"\" removes the entrypoint)")
     p.add_argument("--hostname", dest="hostname", default=None, help="hostname inside (default: the id)")
     p.add_argument("--name", default=None, help="a name for the container")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="set an environment variable")
@@ -125,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
                             pids_limit=args.pids_limit, cpus=args.cpus):
         # Without the imports of run.py, the image store and the journal module
         # (see runfast's docstring); None when the default image is not built yet.
-        result = runfast.run_plain(cmd, env=args.env, workdir=args.workdir, hostname=args.hostname, name=args.name)
+        result = runfast.run_plain(cmd, env=args.env, workdir=args.workdir, hostname=args.hostname, name=args.name,
+                                   entrypoint=args.entrypoint)
     if result is None:
         result = _run_full(args, cmd)
     if result.oom_killed:
@@ -146,8 +153,9 @@ def _run_full(args: argparse.Namespace, cmd: list[str]) -> Any:
     from jailshell.engine.run import RunSpec, parse_volume
     from jailshell.engine.run import run as run_container
 
-    spec = RunSpec(argv=cmd, image=args.image, hostname=args.hostname, rm=args.rm, env=args.env,
-                   workdir=args.workdir, user_ns=args.userns, volumes=[parse_volume(v) for v in args.volume],
+    spec = RunSpec(argv=cmd, image=args.image, entrypoint=args.entrypoint, hostname=args.hostname, rm=args.rm,
+                   env=args.env, workdir=args.workdir, user_ns=args.userns,
+                   volumes=[parse_volume(v) for v in args.volume],
                    name=args.name, memory=args.memory, pids_limit=args.pids_limit, cpus=args.cpus,
                    network=args.network, publish=args.publish, links=args.link)
     return run_container(spec)

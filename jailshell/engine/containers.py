@@ -142,16 +142,9 @@ class Record:
 
 
 def running(pid: int, starttime: int | None) -> bool:
-    """Alive, and not a zombie: a killed supervisor stays in /proc until its
-    new parent (init) reaps it, but it is dead for everything here."""
-    if not process_alive(pid, starttime):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            data = fh.read()
-    except OSError:
-        return False
-    return data[data.rindex(b")") + 2:][:1] != b"Z"
+    """Alive, and not a zombie (a killed supervisor stays in /proc until its
+    new parent reaps it, but it is dead for everything here)."""
+    return process_alive(pid, starttime)
 
 
 def records() -> list[Record]:
@@ -1036,7 +1029,9 @@ def export(ref: str, out: IO[bytes]) -> int:
     tmp.mkdir(mode=0o700)
     try:
         with journal.resource("mount", target=str(tmp)):
-            lower = f"{rec.layout.upper}:{image.rootfs}" if rec.layout.upper.is_dir() else str(image.rootfs)
+            # The container's upper sits on the lowers its overlay had: the layers or the flattened root.
+            lowers = [str(d) for d in ImageStore().overlay_lowers(image)]
+            lower = ":".join([str(rec.layout.upper), *lowers] if rec.layout.upper.is_dir() else lowers)
             sc.mount("overlay", tmp, "overlay", sc.MS_RDONLY, f"lowerdir={lower}")
         return export_tar(tmp, out)
     finally:

@@ -89,6 +89,8 @@ _RUN_FLAGS = (
     Flag(("-p", "--publish"), "publish", "list", "[IP:][HOST:]PORT[/tcp]", "publish a container port on the host"),
     Flag(("--link",), "link", "list", "NAME[:ALIAS]", "reach another container by name"),
     Flag(("-u", "--user"), "user", "value", "USER[:GROUP]", "run the command as this user (name or uid)"),
+    Flag(("--entrypoint",), "entrypoint", "value", "CMD",
+         "run CMD instead of the image's entrypoint (its Cmd is dropped; \"\" removes the entrypoint)"),
 )
 _DETACH = Flag(("-d", "--detach"), "detach", help="run in the background and print the container id")
 
@@ -138,6 +140,11 @@ VERBS: dict[str, Verb] = {
              (Flag(("-o", "--output"), "output", "value", "FILE", "write to FILE (default: stdout)"),),
              min_args=1, max_args=1),
         Verb("image-ls", "[OPTIONS]", "list images", (Flag(("-q", "--quiet"), "quiet", help="only names"),)),
+        Verb("pull", "[OPTIONS] NAME[:TAG|@DIGEST]", "download an image from a registry (Docker Hub by default)",
+             (Flag(("--platform",), "platform", "value", "OS/ARCH", "pick this platform from a multi-platform image"),
+              Flag(("-q", "--quiet"), "quiet", help="print only the image name")), min_args=1, max_args=1),
+        Verb("image-prune", "[OPTIONS]", "remove cached blobs and layers no image uses",
+             (Flag(("-f", "--force"), "force", help="do not ask"),)),
         Verb("version", "", "versions of jailshell and of what it runs on"),
         Verb("help", "[COMMAND]", "this help, or one command's", max_args=1),
     )
@@ -148,6 +155,7 @@ ALIASES: dict[tuple[str, ...], str] = {
     ("container", "ls"): "ps", ("container", "list"): "ps", ("container", "ps"): "ps",
     ("container", "prune"): "container-prune", ("system", "prune"): "system-prune",
     ("image", "ls"): "image-ls", ("image", "list"): "image-ls", ("images",): "image-ls",
+    ("image", "pull"): "pull", ("image", "prune"): "image-prune",
     **{("container", v): v for v in ("run", "create", "start", "logs", "stop", "kill", "rm", "exec", "attach",
                                      "export")},
 }
@@ -158,7 +166,6 @@ UNSUPPORTED_FLAGS = {
     "--privileged": "jailshell never hands a jail the host's devices and every capability",
     "--cap-add": "jailshell does not change capabilities: root in the jail keeps root's set",
     "--cap-drop": "jailshell does not change capabilities: root in the jail keeps root's set",
-    "--entrypoint": "give the whole command after the image instead",
     "--init": "there is no init here on purpose: the command is PID 1, which is the lesson",
     "--restart": "containers are restarted by hand with `start`",
     "--tmpfs": "mount it yourself: `exec CONTAINER mount -t tmpfs tmpfs /DIR`",
@@ -313,7 +320,7 @@ def parse(words: Sequence[str] | str) -> DockerCommand:
 
 
 def _shown(verb: str) -> str:
-    return verb.replace("-", " ") if verb in ("container-prune", "system-prune", "image-ls") else verb
+    return verb.replace("-", " ") if verb in ("container-prune", "system-prune", "image-ls", "image-prune") else verb
 
 
 def _verb(words: list[str]) -> tuple[str, list[str]]:
@@ -491,7 +498,8 @@ def _build_spec(opts: dict[str, Any], args: list[str]) -> ContainerSpec:
                                hint="use an absolute host path: -v /HOST/DIR:/JAIL/DIR[:ro]")
         volumes.append(parse_volume(v))
     image, argv = args[0], args[1:]
-    run = RunSpec(argv=argv, image=image, hostname=hostname, rm=bool(opts.get("rm")), env=_env(opts.get("env", [])),
+    run = RunSpec(argv=argv, image=image, entrypoint=opts.get("entrypoint"), hostname=hostname,
+                  rm=bool(opts.get("rm")), env=_env(opts.get("env", [])),
                   workdir=workdir, volumes=volumes, name=name)
     spec = ContainerSpec(run, interactive=bool(opts.get("interactive")), tty=bool(opts.get("tty")),
                          detach=bool(opts.get("detach")), network=opts.get("network"), user=opts.get("user"))
@@ -629,14 +637,22 @@ class ImageFacts:
     ref: str
     rootfs: str | None  # None: not in the store yet
     env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",)
-    command: tuple[str, ...] = ("/bin/sh",)
+    command: tuple[str, ...] = ("/bin/sh",)  # what it runs by default: Entrypoint + Cmd
     workdir: str = "/"
     builtin: bool = False  # the embedded default, built on first use
+    entrypoint: tuple[str, ...] = ()  # the config's Entrypoint and Cmd, apart (see command_of)
+    cmd: tuple[str, ...] = ()
+    lowers: tuple[str, ...] = ()  # its layer directories, top first, when the store keeps them (`--layers`)
 
     @classmethod
     def from_image(cls, image: Any) -> ImageFacts:
-        return cls(image.ref, str(image.rootfs), tuple(image.env()), tuple(image.default_command()),
-                   image.config.get("WorkingDir") or "/")
+        from jailshell.engine.images.store import ImageStore
+
+        # The store the image is in: STORE/<name>/<tag>.
+        lowers = ImageStore(Path(image.path).parent.parent).lowerdirs(image)
+        return cls(image.ref, str(image.rootfs), tuple(image.env()), tuple(image.command()),
+                   image.config.get("WorkingDir") or "/", entrypoint=tuple(image.config.get("Entrypoint") or ()),
+                   cmd=tuple(image.config.get("Cmd") or ()), lowers=tuple(str(d) for d in lowers))
 
     @classmethod
     def look_up(cls, ref: str | None) -> ImageFacts:
@@ -651,8 +667,13 @@ class ImageFacts:
             from jailshell.engine.images.embedded import CONFIG
 
             return cls(f"{name}:{tag}", None, tuple(CONFIG["Env"]), tuple(CONFIG["Cmd"]), str(CONFIG["WorkingDir"]),
-                       builtin=True)
+                       builtin=True, entrypoint=tuple(CONFIG.get("Entrypoint") or ()), cmd=tuple(CONFIG["Cmd"]))
         return cls(f"{name}:{tag}", None)
+
+    @property
+    def lowerdir(self) -> str:
+        """The overlay's lowerdir= value: the layers, or the flattened root."""
+        return ":".join(self.lowers) if self.lowers else (self.rootfs or "$IMAGE_ROOTFS")
 
 
 @dataclass(frozen=True)
@@ -738,7 +759,13 @@ def hostname_of(spec: ContainerSpec, layout: Layout) -> str:
 
 
 def command_of(spec: ContainerSpec, image: ImageFacts) -> list[str]:
-    return list(spec.run.argv) or list(image.command)
+    """docker's rule (Image.command's): the image's Entrypoint + (the arguments, or its Cmd)."""
+    from jailshell.engine.runfast import image_command
+
+    # Facts made without Entrypoint and Cmd apart: the default command is the Cmd.
+    cmd = image.cmd if (image.entrypoint or image.cmd) else image.command
+    return image_command({"Entrypoint": list(image.entrypoint), "Cmd": list(cmd)}, list(spec.run.argv),
+                         spec.run.entrypoint)
 
 
 def _q(x: object) -> str:
@@ -748,7 +775,7 @@ def _q(x: object) -> str:
 def plan_for(spec: ContainerSpec, layout: Layout, image: ImageFacts) -> Plan:
     """The by-hand steps `docker run` (or `create`, without the last one) stands for."""
     r = str(layout.rootfs)
-    lower = image.rootfs or "$IMAGE_ROOTFS"
+    lower = image.lowerdir
     hostname = hostname_of(spec, layout)
     kinds = namespaces_of(spec)
     network = effective_network(spec)
@@ -767,14 +794,17 @@ def plan_for(spec: ContainerSpec, layout: Layout, image: ImageFacts) -> Plan:
             f"docker run {image.ref}: pulls it first if it is missing", {"ref": image.ref},
             note="" if image.builtin else f"get it first: jailshell image pull {image.ref} (or image import)"))
 
+    layers = (f"; the image's {len(image.lowers)} layers are the lowerdirs, the top one first" if image.lowers
+              else "")
     out.append(PlanStep(
         "rootfs", "overlay root and the process that will become the container",
-        "writes go to the container's own upper dir, the image stays untouched (docker's overlay2 does the same); "
-        "a process is started that is not isolated at all yet",
+        "writes go to the container's own upper dir, the image stays untouched (docker's overlay2 does the same)"
+        + layers + "; a process is started that is not isolated at all yet",
         (f"mkdir -p {_q(layout.upper)} {_q(layout.work)} {_q(r)}",
          f"mount -t overlay overlay -o lowerdir={lower},upperdir={layout.upper},workdir={layout.work} {_q(r)}"),
         "host", "docker create: a writable layer on the image",
-        {"lower": lower, "upper": str(layout.upper), "work": str(layout.work), "target": r}))
+        {"lower": lower, "flat": image.rootfs or lower, "upper": str(layout.upper), "work": str(layout.work),
+         "target": r}))
 
     if spec.limits or cgroups_usable():
         out.append(_cgroup_step(spec, layout))

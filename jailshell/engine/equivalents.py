@@ -76,8 +76,11 @@ DOCKER_NS = {
 def for_create(jail: Jail) -> Equivalents:
     img = jail.image
     if getattr(jail, "rootfs_mode", "overlay") == "overlay":
-        mk = (f"mount -t overlay overlay -o lowerdir={img.rootfs},upperdir={jail.dir}/upper,workdir={jail.dir}/work "
-              f"{jail.rootfs}")
+        # The options the engine mounted with: the image's layers as lowerdirs (top
+        # first) when it keeps them, else its flattened root.
+        data = (getattr(jail, "overlay_data", "")
+                or f"lowerdir={img.rootfs},upperdir={jail.dir}/upper,workdir={jail.dir}/work")
+        mk = f"mount -t overlay overlay -o {q(data)} {q(jail.rootfs)}"
     else:
         mk = f"cp -a {img.rootfs}/. {jail.rootfs}"
     return Equivalents(
@@ -90,7 +93,7 @@ def for_create(jail: Jail) -> Equivalents:
 
 def for_unshare(jail: Jail, kind: str) -> Equivalents:
     ns = lookup(kind)
-    chroot_to = str(jail.rootfs) if jail.state.root_mode != "host" else None
+    chroot_to = root_of(jail) if jail.state.root_mode != "host" else None
     return Equivalents(
         docker=DOCKER_NS[ns.kind],
         raw=[unshare_cmdline(jail.state.unshared, chroot_to=chroot_to),
@@ -164,23 +167,35 @@ def for_mask(jail: Jail) -> Equivalents:
                        note="host kernel files hidden (/dev/null or an empty tmpfs on top), kernel knobs read-only")
 
 
-def for_chroot(jail: Jail) -> Equivalents:
+def root_of(jail: Jail) -> str:
+    """The jail's root directory as the host sees it: its own root filesystem,
+    or the directory `chroot DIR` chose (Jail.root_dir)."""
+    return str(getattr(jail, "root_dir", jail.rootfs))
+
+
+def for_chroot(jail: Jail, root: str | None = None) -> Equivalents:
+    # ROOT is the very parameter the engine chroots into (None: the jail's own root filesystem).
+    target = root or str(jail.rootfs)
     return Equivalents(
         docker="(docker never uses chroot: it uses pivot_root)",
-        raw=[unshare_cmdline(jail.state.unshared, chroot_to=str(jail.rootfs)) if jail.state.unshared
-             else f"chroot {q(jail.rootfs)} sh"],
+        raw=[unshare_cmdline(jail.state.unshared, chroot_to=target) if jail.state.unshared
+             else f"chroot {q(target)} sh",
+             f"ls /proc/{jail.pid}/root/    # the jail's / seen from the host: {target} once it is done"],
         note="chroot changes one process's idea of '/'; nothing else",
     )
 
 
 def for_pivot_root(jail: Jail) -> Equivalents:
-    r = q(jail.rootfs)
+    r = q(root_of(jail))
     script = f"mount --rbind {r} {r} && cd {r} && pivot_root . . && umount -l ."
     prefix = nsenter_prefix(jail, [k for k in jail.state.unshared if k in ("user", "mnt")], root=False)
     return Equivalents(
         docker="docker run -it busybox sh    # runc always switches the root with pivot_root",
         raw=[f"{prefix} sh -c {q(script)}"],
-        note="pivot_root moves the root of every process in the mount namespace whose root was the old one",
+        note="pivot_root moves the root (and working directory) of every process in the mount namespace whose "
+             "root (or working directory) was exactly the old root. From a second terminal nothing can `cd /` for "
+             "the jail's PID 1: if its working directory was anywhere else, it keeps it, in the detached old tree. "
+             "The engine's pivot-root also does chdir(\"/\") in PID 1, as runtimes do.",
     )
 
 
@@ -203,7 +218,7 @@ def for_step(op: str, jail: Jail, **params: Any) -> Equivalents:
         "sethostname": lambda: for_sethostname(jail, params["name"]),
         "mount": lambda: for_mount(jail, params["what"], source=params.get("source"), target=params.get("target"),
                                    readonly=params.get("readonly", False)),
-        "chroot": lambda: for_chroot(jail),
+        "chroot": lambda: for_chroot(jail, params.get("root")),
         "pivot_root": lambda: for_pivot_root(jail),
         "mask": lambda: for_mask(jail),
         "exec": lambda: for_exec(jail, params["argv"]),
@@ -231,6 +246,8 @@ def for_run(spec: Any, kinds: Sequence[str], rootfs: str, image_ref: str) -> Equ
     flags = "--rm " if spec.rm else ""
     flags += f"--hostname {q(hostname)} " if spec.hostname else ""
     flags += f"--name {q(spec.name)} " if spec.name else ""
+    entrypoint = getattr(spec, "entrypoint", None)
+    flags += f"--entrypoint {q(entrypoint)} " if entrypoint is not None else ""
     return Equivalents(
         docker=f"docker run {flags}--network none {image_ref} " + " ".join(q(a) for a in spec.argv),
         raw=[unshare_cmdline(kinds, cmd=["sh", "-c", " && ".join(setup)])],

@@ -133,7 +133,14 @@ class Holder:
         return {"masked": steps.mask_paths(self._root())}
 
     def op_chroot(self, req: dict[str, Any]) -> dict[str, Any]:
-        steps.chroot(self.rootfs if self.root_mode == "host" else "/")
+        if self.root_mode != "host":
+            steps.chroot("/")
+        else:
+            # `chroot DIR`: another root than the jail's own (a host path). From
+            # now on it is the jail's root filesystem: pivot_root moves onto it.
+            root = req.get("root") or self.rootfs
+            steps.chroot(root)
+            self.rootfs = root
         self.root_mode = "chroot"
         return {}
 

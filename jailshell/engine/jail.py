@@ -46,6 +46,9 @@ class JailState:
     unshared: list[str] = field(default_factory=list)
     hostname: str | None = None
     root_mode: str = "host"  # host | chroot | pivot
+    # The directory `chroot DIR` made the jail's root, as the host sees it;
+    # None: the jail's own root filesystem (Jail.rootfs).
+    root: str | None = None
     mounts: list[str] = field(default_factory=list)
     user_map: str | None = None
     masked: list[str] = field(default_factory=list)
@@ -92,6 +95,10 @@ class Jail:
         # jail (set by the cgroup step), like `docker exec` joins the container's cgroup.
         self.cgroup_procs: list[str] = []
         self.cgroup: Any = None
+        # The store the image came from (its layer directories are found through it),
+        # and the options the root's overlay was mounted with, for the shown command.
+        self.store: ImageStore | None = None
+        self.overlay_data = ""
         self._closed = False
 
     # -- life cycle ------------------------------------------------------------------
@@ -103,11 +110,13 @@ class Jail:
                 "the live jail needs root here: this kernel does not let unprivileged users create user namespaces",
                 hint="run jailshell with sudo (or allow them: sudo sysctl kernel.unprivileged_userns_clone=1)",
             )
-        img = (store or ImageStore()).resolve(image)
+        store = store or ImageStore()
+        img = store.resolve(image)
         jail_id = jail_id or secrets.token_hex(4)
         journal = Journal.for_owner(tag=jail_id)
         jail_dir = paths.ensure_dir(paths.run_dir() / "jails", 0o700) / jail_id
         jail = cls(jail_id, img, jail_dir / "rootfs", jail_dir, journal)
+        jail.store = store
         try:
             jail._prepare_rootfs()
             jail._start_holder()
@@ -119,26 +128,36 @@ class Jail:
     def _prepare_rootfs(self) -> None:
         """A private, writable root for this jail: an overlay of the image (the
         image stays untouched, as with docker's overlay2), or a copy where
-        overlayfs is unavailable."""
+        overlayfs is unavailable. An image imported with `--layers` is mounted
+        layer by layer (its layer directories as the lowerdirs, top first); one
+        stored flattened, or whose layers will not stack here, as its one root."""
         self.journal.record("dir", path=str(self.dir))
         self.dir.mkdir(mode=0o700)
         for sub in ("rootfs", "upper", "work"):
             (self.dir / sub).mkdir()
-        lower = str(self.image.rootfs)
+        flat = str(self.image.rootfs)
         if os.geteuid() != 0:
             # Rootless: no mount on the host is possible; the jail gets a copy.
-            shutil.copytree(lower, self.rootfs, symlinks=True, dirs_exist_ok=True)
+            shutil.copytree(flat, self.rootfs, symlinks=True, dirs_exist_ok=True)
             self.rootfs_mode = "copy"
             return
-        data = f"lowerdir={lower},upperdir={self.dir / 'upper'},workdir={self.dir / 'work'}"
+        from jailshell.engine.runfast import overlay_data
+
+        upper, work = str(self.dir / "upper"), str(self.dir / "work")
+        layers = [str(d) for d in (self.store or ImageStore()).lowerdirs(self.image, Path(upper), Path(work))]
+        choices = [overlay_data(lowers, upper, work) for lowers in ([layers] if layers else []) + [[flat]]]
         entry = self.journal.record("mount", target=str(self.rootfs))
-        try:
-            sc.mount("overlay", self.rootfs, "overlay", 0, data)
+        for data in choices:
+            try:
+                sc.mount("overlay", self.rootfs, "overlay", 0, data)
+            except OSError:
+                continue
             self.rootfs_mode = "overlay"
-        except OSError:
-            self.journal.release(entry)
-            shutil.copytree(lower, self.rootfs, symlinks=True, dirs_exist_ok=True)
-            self.rootfs_mode = "copy"
+            self.overlay_data = data
+            return
+        self.journal.release(entry)
+        shutil.copytree(flat, self.rootfs, symlinks=True, dirs_exist_ok=True)
+        self.rootfs_mode = "copy"
 
     def _holder_main(self, sock: socket.socket, go_fd: int, parent_pid: int) -> None:
         """Runs in the forked child; never returns. Containers override it."""
@@ -323,11 +342,26 @@ class Jail:
         self.state.masked = masked
         return masked
 
-    def chroot(self) -> None:
+    @property
+    def root_dir(self) -> Path:
+        """The directory that is the jail's root (or will be, before chroot), as
+        the host sees it: its own root filesystem unless `chroot DIR` chose
+        another. pivot_root, the equivalents and `shell` follow it."""
+        return Path(self.state.root) if self.state.root else self.rootfs
+
+    def chroot(self, root: str | Path | None = None) -> None:
+        """chroot(2) the holder into ROOT (a host directory; default: the jail's
+        own root filesystem)."""
         if self.state.root_mode != "host":
-            raise JailshellError(f"the jail's root is already switched ({self.state.root_mode})")
-        self._request("chroot", f"chroot {self.rootfs}")
+            where = f" to {self.state.root}" if self.state.root else ""
+            raise JailshellError(f"the jail's root is already switched ({self.state.root_mode}{where})",
+                                 hint="a fresh jail (`reset` or `create`) can chroot elsewhere")
+        target = self.rootfs if root is None else Path(root)
+        check_root_dir(target)
+        own = target == self.rootfs
+        self._request("chroot", f"chroot {target}", **({} if own else {"root": str(target)}))
         self.state.root_mode = "chroot"
+        self.state.root = None if own else str(target)
 
     def pivot_root(self) -> None:
         # pivot_root in the host's mount namespace would move the root of every
@@ -483,7 +517,7 @@ class Jail:
 
     def shell(self, argv: Sequence[str] | None = None) -> int:
         """An interactive shell in the jail on the learner's terminal."""
-        argv = list(argv or ["/bin/sh", "-l"] if (self.rootfs / "bin/sh").exists() or self.state.root_mode == "pivot"
+        argv = list(argv or ["/bin/sh", "-l"] if (self.root_dir / "bin/sh").exists() or self.state.root_mode == "pivot"
                     else ["/bin/sh"])
         # Ignored before the fork: the child makes its process group the
         # terminal's foreground one (tcsetpgrp) before it execs, and a
@@ -499,3 +533,57 @@ class Jail:
                     os.tcsetpgrp(0, os.getpgrp())  # take the terminal back from the shell's group
             signal.signal(signal.SIGTTOU, ttou)
             signal.signal(signal.SIGINT, old)
+
+
+def check_root_dir(root: Path) -> None:
+    """What chroot(2) would refuse with a bare errno, said in words first: the
+    new root must be an existing directory, named by an absolute path."""
+    if not root.is_absolute():
+        raise InvalidInput(f"{root}: the new root must be an absolute path")
+    if not root.exists():
+        raise InvalidInput(f"{root}: no such directory",
+                           hint="unpack a root filesystem first, e.g. `untar $LAB/export.tar $LAB/root`")
+    if not root.is_dir():
+        raise InvalidInput(f"{root} is not a directory", hint="chroot needs a directory holding a root filesystem")
+
+
+def missing_shell(root: Path) -> str | None:
+    """Why ROOT has no /bin/sh a process chrooted there could run, or None."""
+    found = resolve_inside(root, "/bin/sh")
+    if found is None:
+        return "/bin/sh does not exist there (or is a dangling or looping symlink)"
+    if not found.is_file() or not os.access(found, os.X_OK):
+        return "/bin/sh is not an executable file there"
+    return None
+
+
+def resolve_inside(root: Path, path: str) -> Path | None:
+    """PATH as a process chrooted into ROOT finds it, as a host path; None if
+    it does not exist. Symlinks are followed one component at a time inside
+    ROOT: busybox's /bin/sh -> /bin/busybox means ROOT/bin/busybox, never the
+    host's, and '..' stops at ROOT as it does after chroot."""
+    parts = [p for p in path.split("/") if p]
+    done: list[str] = []
+    hops = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = root.joinpath(*done, part)
+        if here.is_symlink():
+            hops += 1
+            if hops > 40:
+                return None
+            link = os.readlink(here)
+            if link.startswith("/"):
+                done = []
+            parts = [p for p in link.split("/") if p] + parts
+            continue
+        if not here.exists():
+            return None
+        done.append(part)
+    return root.joinpath(*done)

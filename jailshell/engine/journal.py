@@ -50,21 +50,35 @@ UNDO: dict[str, str] = {
 }
 
 
-def process_starttime(pid: int) -> int | None:
-    """Field 22 of /proc/PID/stat: clock ticks after boot when PID started."""
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """/proc/PID/stat from field 3 (the state) on; None when PID is gone."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
             data = fh.read()
     except OSError:
         return None
     # comm (field 2) may contain spaces and parentheses: split after the last ')'.
-    rest = data[data.rindex(b")") + 2 :].split()
-    return int(rest[19])
+    return data[data.rindex(b")") + 2 :].split()
+
+
+def process_starttime(pid: int) -> int | None:
+    """Field 22 of /proc/PID/stat: clock ticks after boot when PID started."""
+    rest = _stat_fields(pid)
+    return None if rest is None else int(rest[19])
 
 
 def process_alive(pid: int, starttime: int | None) -> bool:
-    st = process_starttime(pid)
-    return st is not None and (starttime is None or st == starttime)
+    """PID is the process that started at starttime, and not a zombie: a
+    killed owner stays in /proc until its parent reaps it, but it is dead for
+    everything here (its journals are to be undone, its leases are free)."""
+    rest = _stat_fields(pid)
+    return rest is not None and rest[0] != b"Z" and (starttime is None or int(rest[19]) == starttime)
+
+
+def _reap(pid: int) -> None:
+    """Collect PID's exit status if it is a child of this process (else nothing)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
 
 
 @dataclass
@@ -241,16 +255,18 @@ def cleanup(run_dir: Path | None = None, *, include_live: bool = False) -> Clean
 def undo_process(fields: dict[str, Any]) -> None:
     pid, start = int(fields["pid"]), fields.get("starttime")
     if not process_alive(pid, start):
+        _reap(pid)  # dead already: if it is our zombie, leave none behind
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, 9)
-    # Reap it if it is our child; otherwise wait for it to go away.
+    # Reap it if it is our child; otherwise wait for it to go away (or to be a zombie of another parent).
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 return
         if not process_alive(pid, start):
+            _reap(pid)
             return
         time.sleep(0.005)
     raise TimeoutError(f"process {pid} did not exit after SIGKILL")

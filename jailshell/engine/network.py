@@ -226,13 +226,14 @@ class JailNet:
     jail's journal; `jail.close()` (or `jailshell cleanup`) removes them."""
 
     def __init__(self, pid: int | Callable[[], int], jail_id: str, journal: Journal, *,
-                 config: NetConfig | None = None, rootfs: Path | None = None, name: str | None = None):
+                 config: NetConfig | None = None, rootfs: Path | Callable[[], Path] | None = None,
+                 name: str | None = None):
         self._pid = pid
         self.name = name  # others reach a named jail with --link NAME (its address lease carries the name)
         self.id = jail_id
         self.journal = journal
         self.config = config or NetConfig.create()
-        self.rootfs = rootfs
+        self._rootfs = rootfs
         self.host_end, self.jail_end = interface_names(jail_id)
         self.inside: str | None = None  # the jail end's name in the jail, once the veth exists
         self.address: IPv4Address | None = None
@@ -243,7 +244,12 @@ class JailNet:
     @classmethod
     def for_jail(cls, jail: Jail, config: NetConfig | None = None) -> JailNet:
         # The jail's PID changes when it unshares pid (the step forks): always ask the jail.
-        return cls(lambda: jail.pid, jail.id, jail.journal, config=config, rootfs=jail.rootfs)
+        # Its root too: `chroot DIR` makes DIR the /etc/hosts a link writes into.
+        return cls(lambda: jail.pid, jail.id, jail.journal, config=config, rootfs=lambda: jail.root_dir)
+
+    @property
+    def rootfs(self) -> Path | None:
+        return self._rootfs() if callable(self._rootfs) else self._rootfs
 
     @property
     def pid(self) -> int:

@@ -50,6 +50,7 @@ DEFAULT_MOUNTS = runfast.DEFAULT_MOUNTS
 class RunSpec:
     argv: list[str] = field(default_factory=list)
     image: str | None = None
+    entrypoint: str | None = None  # docker's --entrypoint: replaces the image's ("" removes it)
     hostname: str | None = None
     rm: bool = True
     env: list[str] = field(default_factory=list)
@@ -119,8 +120,9 @@ def run(spec: RunSpec, *, store: ImageStore | None = None, on_started: Callable[
         from jailshell.engine import network
 
         network.check_run_options(spec.network, spec.publish, spec.links)
-    image = (store or ImageStore()).resolve(spec.image)
-    argv = spec.argv or image.default_command()
+    store = store or ImageStore()
+    image = store.resolve(spec.image)
+    argv = image.command(spec.argv, spec.entrypoint)
     kinds = namespaces_for(spec)
     # 12 hex digits, as docker's short ids; os.urandom spares `secrets` and the
     # hashlib/hmac it imports (milliseconds of every `jailshell run`).
@@ -132,8 +134,12 @@ def run(spec: RunSpec, *, store: ImageStore | None = None, on_started: Callable[
     cdir.mkdir(mode=0o700)
     for sub in ("rootfs", "upper", "work"):
         (cdir / sub).mkdir()
+    # The image's layers as the overlay's lowerdirs when it keeps them; not in a
+    # user namespace, where overlayfs ignores the trusted.* xattrs that mark the
+    # layers' opaque directories (the flattened root needs none).
+    lowers = [] if "user" in kinds else [str(d) for d in store.lowerdirs(image, cdir / "upper", cdir / "work")]
     timings = {"prepare": time.perf_counter() - t0}
-    plan = runfast.Plan(cdir=str(cdir), lower=str(image.rootfs), argv=argv,
+    plan = runfast.Plan(cdir=str(cdir), lower=str(image.rootfs), lowers=lowers, argv=argv,
                         env=runfast.container_env(image.env(), spec.env),
                         workdir=spec.workdir or image.config.get("WorkingDir") or "/",
                         hostname=spec.hostname or spec.name or cid, kinds=kinds, volumes=spec.volumes,

@@ -44,9 +44,12 @@ class Plan:
 
     def __init__(self, *, cdir: str, lower: str, argv: list[str], env: dict[str, str], workdir: str,
                  hostname: str, kinds: list[str], volumes: list[tuple[str, str, bool]] | None = None,
-                 network: str = "none"):
+                 network: str = "none", lowers: list[str] | None = None):
         self.cdir = cdir  # the container's directory: rootfs/, upper/, work/
-        self.lower = lower  # the image's root, the overlay's lower layer
+        self.lower = lower  # the image's flattened root: the one lowerdir without layers, and what a copy copies
+        # The image's layer directories, top first, when they were kept (`image import --layers`):
+        # then they are the overlay's lowerdirs, as docker's overlay2 mounts them.
+        self.lowers = lowers or [lower]
         self.argv = argv
         self.env = env
         self.workdir = workdir
@@ -54,6 +57,51 @@ class Plan:
         self.kinds = kinds
         self.volumes = volumes or []
         self.network = network
+
+
+# The mount(2) options are one page: a longer lowerdir= list is refused with EINVAL.
+MAX_MOUNT_DATA = 4095
+
+
+def overlay_data(lowers: list[str], upper: str, work: str) -> str:
+    """The options of an overlay mount: lowers top first, then the writable upper."""
+    return f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+
+
+def layer_lowers(images_root: str, meta: dict[str, object], upper: str = "", work: str = "") -> list[str]:
+    """An image's kept layer directories (image.json's "layer_dirs", relative to the
+    store, bottom first) as overlayfs lowerdirs: top first. Empty when the image
+    was stored flattened only, a layer directory is missing, or the list would
+    not fit in mount(2)'s options beside upper and work (when not given, room
+    for long ones is kept). ImageStore.lowerdirs is this, here so the plain run
+    needs no import for it."""
+    rels = meta.get("layer_dirs") or []
+    assert isinstance(rels, list)
+    dirs = [os.path.join(images_root, rel) for rel in reversed(rels)]
+    if not dirs or not all(os.path.isdir(d) for d in dirs):
+        return []
+    if len(overlay_data(dirs, upper or "u" * 256, work or "w" * 256)) > MAX_MOUNT_DATA:
+        return []
+    return dirs
+
+
+def image_command(config: dict[str, object], args: list[str], entrypoint: str | None = None) -> list[str]:
+    """docker's rule for what a container runs: the image's Entrypoint, then
+    the command line's arguments or, without any, the image's Cmd. An
+    --entrypoint replaces the image's (an empty one removes it) and drops its
+    Cmd: then only the command line's arguments follow. Image.command is this
+    (in this module so the plain run needs no import for it)."""
+    if entrypoint is None:
+        entry = list(config.get("Entrypoint") or [])  # type: ignore[call-overload]
+        argv = entry + (list(args) or list(config.get("Cmd") or []))  # type: ignore[call-overload]
+        return argv or ["/bin/sh"]
+    argv = ([entrypoint] if entrypoint else []) + list(args)
+    if not argv:
+        from jailshell.errors import InvalidInput
+
+        raise InvalidInput("no command to run: --entrypoint '' removes the image's entrypoint and its Cmd",
+                           hint="give the command after the image")
+    return argv
 
 
 def container_env(image_env: list[str], extra: list[str]) -> dict[str, str]:
@@ -81,9 +129,15 @@ def container_init(plan: Plan, err_w: int) -> None:
         sc.set_pdeathsig(signal.SIGKILL)
         root = os.path.join(plan.cdir, "rootfs")
         upper = os.path.join(plan.cdir, "upper")
-        data = f"lowerdir={plan.lower},upperdir={upper},workdir={os.path.join(plan.cdir, 'work')}"
+        work = os.path.join(plan.cdir, "work")
         try:
-            sc.mount("overlay", root, "overlay", 0, data)
+            try:
+                sc.mount("overlay", root, "overlay", 0, overlay_data(plan.lowers, upper, work))
+            except OSError:
+                if plan.lowers == [plan.lower]:
+                    raise
+                # The layers would not stack here: the flattened root holds the same files.
+                sc.mount("overlay", root, "overlay", 0, overlay_data([plan.lower], upper, work))
         except OSError:
             # No overlayfs here (or not in a user namespace on an old kernel):
             # a private copy, made once into the upper dir, bound as the root.
@@ -336,7 +390,7 @@ def plain_enough(*, image: str | None, rm: bool, userns: bool, volumes: list[str
 
 
 def run_plain(argv: list[str], *, env: list[str], workdir: str | None, hostname: str | None,
-              name: str | None) -> PlainResult | None:
+              name: str | None, entrypoint: str | None = None) -> PlainResult | None:
     """`jailshell run --rm` of the default image, as run.run() does it; None
     when the image has not been built yet (run.run() builds it)."""
     t0 = time.perf_counter()
@@ -347,12 +401,16 @@ def run_plain(argv: list[str], *, env: list[str], workdir: str | None, hostname:
     except FileNotFoundError:
         return None
     config = meta.get("config") or {}
-    argv = argv or (list(config.get("Entrypoint") or []) + list(config.get("Cmd") or []) or ["/bin/sh"])
+    argv = image_command(config, argv, entrypoint)
     cid = os.urandom(6).hex()  # 12 hex digits, as docker's short ids
     kinds = list(DEFAULT_NAMESPACES)
-    plan = Plan(cdir=os.path.join(run_dir(), "containers", cid), lower=os.path.join(image_dir, "rootfs"), argv=argv,
+    cdir = os.path.join(run_dir(), "containers", cid)
+    lowers = layer_lowers(os.path.join(data_dir(), "images"), meta, os.path.join(cdir, "upper"),
+                          os.path.join(cdir, "work"))
+    plan = Plan(cdir=cdir, lower=os.path.join(image_dir, "rootfs"), argv=argv,
                 env=container_env(list(config.get("Env") or [DEFAULT_PATH]), env),
-                workdir=workdir or config.get("WorkingDir") or "/", hostname=hostname or name or cid, kinds=kinds)
+                workdir=workdir or config.get("WorkingDir") or "/", hostname=hostname or name or cid, kinds=kinds,
+                lowers=lowers)
     journal = MiniJournal(f"run-{cid}")
     os.makedirs(os.path.dirname(plan.cdir), mode=0o700, exist_ok=True)
     dir_entry = journal.record("dir", path=plan.cdir)

@@ -203,9 +203,16 @@ class ContainerJail(Jail):
         os.makedirs(p["work"], mode=0o700, exist_ok=True)
         self.rootfs.mkdir(mode=0o755)
         entry = self.journal.record("mount", target=str(self.rootfs))
+        data = f"lowerdir={p['lower']},upperdir={p['upper']},workdir={p['work']}"
         try:
-            sc.mount("overlay", self.rootfs, "overlay", 0,
-                     f"lowerdir={p['lower']},upperdir={p['upper']},workdir={p['work']}")
+            try:
+                sc.mount("overlay", self.rootfs, "overlay", 0, data)
+            except OSError:
+                if p.get("flat", p["lower"]) == p["lower"]:
+                    raise
+                # The image's layers would not stack here: its flattened root holds the same files.
+                data = f"lowerdir={p['flat']},upperdir={p['upper']},workdir={p['work']}"
+                sc.mount("overlay", self.rootfs, "overlay", 0, data)
         except OSError as exc:
             self.journal.release(entry)
             from jailshell.errors import kernel_error
@@ -214,6 +221,7 @@ class ContainerJail(Jail):
                                hint="the data directory must be on a filesystem overlayfs accepts as upper "
                                     "(ext4, xfs, tmpfs; not overlayfs itself)") from None
         self.rootfs_mode = "overlay"
+        self.overlay_data = data
 
     def _holder_main(self, sock: socket.socket, go_fd: int, parent_pid: int) -> None:
         # Tied by PDEATHSIG to the supervisor, which is what owns the container;

@@ -213,8 +213,8 @@ def default_checks() -> CheckRegistry:
                   ("what",), (mounts,))
     def not_on_host(jail: Jail, what: str) -> Verdict:
         fstype, target, _ = _mount_target(jail, what)
-        seen = [r for r in _mountinfo("self") if r[2] == f"{jail.rootfs}{target}" and r[4] == fstype]
-        return Verdict(not seen, f"{fstype} on {jail.rootfs}{target}: " + ("visible on the host" if seen
+        seen = [r for r in _mountinfo("self") if r[2] == f"{jail.root_dir}{target}" and r[4] == fstype]
+        return Verdict(not seen, f"{fstype} on {jail.root_dir}{target}: " + ("visible on the host" if seen
                                                                          else "not on the host"))
 
     @reg.register("no-shared-mounts", "no mount of the jail propagates to or from the host (no shared: peer group)")
@@ -425,7 +425,7 @@ def reached_host(jail: Jail, res: dict[str, object]) -> bool:
     listing = res.get("root_listing")
     if not res.get("escaped") or not isinstance(listing, list):
         return False
-    jail_root = set(os.listdir(jail.rootfs)) | {".jsh-escape"}
+    jail_root = set(os.listdir(jail.root_dir)) | {".jsh-escape"}
     return not set(listing) <= jail_root
 
 

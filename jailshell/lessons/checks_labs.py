@@ -152,7 +152,7 @@ def _reaches_host(jail: Jail, listing: list[str]) -> bool:
     """The listing is the host's / (every top-level entry of the host's root),
     not the jail's own root."""
     seen = set(listing) - {".", ".."}
-    return bool(seen) and _host_listing() <= seen and not seen <= set(os.listdir(jail.rootfs)) | {".jsh-escape"}
+    return bool(seen) and _host_listing() <= seen and not seen <= set(os.listdir(jail.root_dir)) | {".jsh-escape"}
 
 
 def _escapes(reg: CheckRegistry) -> None:
@@ -440,7 +440,17 @@ def _images(reg: CheckRegistry) -> None:
             is_whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
         except OSError:
             is_whiteout = False
-        in_lower = any(os.path.lexists(os.path.join(d, rel)) for d in opts.get("lowerdir", "").split(":") if d)
+        # The lowers top first (an image's layers, or its flattened root): the
+        # first that holds PATH decides, and a whiteout there means a higher
+        # layer of the image itself removed it.
+        in_lower = False
+        for d in (d for d in opts.get("lowerdir", "").split(":") if d):
+            try:
+                lst = os.lstat(os.path.join(d, rel))
+            except OSError:
+                continue
+            in_lower = not (stat.S_ISCHR(lst.st_mode) and lst.st_rdev == 0)
+            break
         seen = os.path.lexists(f"/proc/{jail.pid}/root/{rel}")
         return Verdict(is_whiteout and in_lower and not seen,
                        f"upper: {'whiteout' if is_whiteout else 'no whiteout'}; image layer: "

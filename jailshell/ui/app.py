@@ -15,8 +15,10 @@ import traceback
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from jailshell.commands.results import Confirm, Handover, Message, Quit, Results
+from jailshell.commands.results import Confirm, Handover, Message, Quit, Results, StepReport
 from jailshell.errors import ExitStatus, JailshellError
+from jailshell.ui import guard
+from jailshell.ui.guard import guarded
 
 if TYPE_CHECKING:
     from prompt_toolkit import PromptSession
@@ -29,12 +31,14 @@ if TYPE_CHECKING:
     from jailshell.ui.render import Renderer
 
 NEXT_WORDS = ("next", "n")
+_PLAIN_PROMPT: StyleAndTextTuples = [("", "jailshell> ")]
 
 
 class Repl:
     def __init__(self, ctx: AppContext, ws: Workspace, *, pt_input: Input | None = None,
-                 pt_output: Output | None = None, history: bool = True):
+                 pt_output: Output | None = None, history: bool = True, present_width: int | None = None):
         self.ctx = ctx
+        self.present_width = present_width  # presenter mode's columns of text (None: its default)
         self.ws = ws
         self.pt_input = pt_input
         self.pt_output = pt_output
@@ -49,12 +53,14 @@ class Repl:
         if self._renderer is None:
             from jailshell.ui.render import Renderer
 
-            self._renderer = Renderer(self.ctx.console, present=self.ctx.present)
+            self._renderer = Renderer(self.ctx.console, present=self.ctx.present, present_width=self.present_width)
         return self._renderer
 
     # -- the prompt ------------------------------------------------------------------------
 
-    def _build_cli(self) -> PromptSession[str]:
+    def _build_cli(self, *, plain: bool = False) -> PromptSession[str]:
+        """plain: the last resort after prompt_toolkit itself failed outside every
+        guarded callback: no completion, colours or status line, only the line."""
         from prompt_toolkit import PromptSession
         from prompt_toolkit.auto_suggest import AutoSuggestFromHistory
         from prompt_toolkit.history import FileHistory, InMemoryHistory
@@ -73,6 +79,9 @@ class Repl:
                 history = FileHistory(str(self.ctx.history_path))
             except OSError:
                 pass  # a read-only home must not keep anyone from learning
+        if plain:
+            return PromptSession(message="jailshell> ", history=history, input=self.pt_input, output=self.pt_output)
+        # Every callback of ours that prompt_toolkit calls is guarded (jailshell.ui.guard).
         return PromptSession(
             message=self._prompt_message,
             history=history,
@@ -89,14 +98,10 @@ class Repl:
             output=self.pt_output,
         )
 
+    @guarded("prompt", lambda self: _PLAIN_PROMPT)
     def _prompt_message(self) -> StyleAndTextTuples:
-        if self.ctx.present:
-            return [("class:prompt", "▶ ")]
-        jail = self.ws.session.jail
-        if jail is not None and jail.alive:
-            return [("class:prompt", "jailshell"), ("class:prompt.jail", f"[{jail.state.hostname or jail.id}]"),
-                    ("", "> ")]
-        return [("class:prompt", "jailshell"), ("", "> ")]
+        # Called by prompt_toolkit at every redraw: guarded, a plain prompt if it fails.
+        return guard.checked_styles(prompt_tokens(self.ctx, self.ws))
 
     def ask(self, question: str, default: bool) -> bool:
         from prompt_toolkit import PromptSession
@@ -117,13 +122,16 @@ class Repl:
     # -- the loop --------------------------------------------------------------------------
 
     def run(self) -> int:
+        guard.install(self._internal_error)
+        failures = 0
         try:
             if self.ws.tutor is not None:
                 self.show(self.ws.tutor.welcome())
-            self._session = self._build_cli()
+            self._session = self._new_session()
             while True:
                 try:
                     text = self._session.prompt()
+                    failures = 0
                 except KeyboardInterrupt:
                     continue  # the line is cleared; nothing else happens
                 except EOFError:
@@ -133,11 +141,39 @@ class Repl:
                     if self.quit_confirmed() or self._eof_at_question:
                         break
                     continue
+                except Exception as exc:
+                    # prompt_toolkit failed outside every guarded callback: show it,
+                    # go on with a plain prompt. Only a plain prompt failing again
+                    # and again (a broken terminal) ends the session.
+                    failures += 1
+                    guard.report("prompt", exc)
+                    guard.flush()
+                    if failures > 3:
+                        raise
+                    self._session = self._new_session(plain=True)
+                    continue
+                finally:
+                    guard.flush()  # what a guarded callback reported while the prompt was up
                 if self.handle(text):
                     break
         finally:
             self.close()
+            guard.install(None)
         return self.status
+
+    def _new_session(self, *, plain: bool = False) -> PromptSession[str]:
+        if not plain:
+            try:
+                return self._build_cli()
+            except Exception as exc:  # a completer, lexer, style... that cannot even be built
+                guard.report("prompt", exc)
+                guard.flush()
+        return self._build_cli(plain=True)
+
+    def _internal_error(self, line: str) -> None:
+        from rich.text import Text
+
+        self.ctx.console.print(Text(line, style="js.error"), soft_wrap=True)
 
     def quit_confirmed(self) -> bool:
         jail = self.ws.session.jail
@@ -201,8 +237,9 @@ class Repl:
             return True
         return self.ask("Run " + "; ".join(pos.step.run) + "?", True)
 
-    def show(self, result: Any) -> bool:
-        """Render a result, doing what it asks of the UI. True on Quit."""
+    def show(self, result: Any, *, on_screen: bool = False) -> bool:
+        """Render a result, doing what it asks of the UI. True on Quit.
+        on_screen: presenter mode has already started a screen for it."""
         if isinstance(result, Quit):
             self.status = result.status if result.status else self.status
             return True
@@ -213,8 +250,14 @@ class Repl:
             self.renderer.render(result)
             self.ctx.stdout.flush()
             return self.show(result.run())
+        # Presenter mode: one step per screen (a lesson step clears it itself).
+        fresh = self.ctx.present and not on_screen and (
+            isinstance(result, StepReport)
+            or (isinstance(result, Results) and any(isinstance(item, StepReport) for item in result.items)))
+        if fresh:
+            self.renderer.new_screen()
         if isinstance(result, Results):
-            return any([self.show(item) for item in result.items])
+            return any([self.show(item, on_screen=on_screen or fresh) for item in result.items])
         self.status = int(ExitStatus.OK) if not _failed(result) else int(ExitStatus.ERROR)
         self.renderer.render(result)
         return False
@@ -229,6 +272,17 @@ class Repl:
             from jailshell.context import own_by_invoking_user
 
             own_by_invoking_user(self.ctx.history_path)
+
+
+def prompt_tokens(ctx: AppContext, ws: Workspace) -> StyleAndTextTuples:
+    """The prompt: `jailshell[HOSTNAME]> ` while a jail runs (▶ in presenter mode)."""
+    if ctx.present:
+        return [("class:prompt", "▶ ")]
+    jail = ws.session.jail
+    if jail is not None and jail.alive:
+        return [("class:prompt", "jailshell"), ("class:prompt.jail", f"[{jail.state.hostname or jail.id}]"),
+                ("", "> ")]
+    return [("class:prompt", "jailshell"), ("", "> ")]
 
 
 def enter_line(ws: Workspace) -> str | None:

@@ -1,4 +1,4 @@
-"""`jailshell [repl] [--lessons FILE] [--present] [--image REF]`: the teaching shell."""
+"""`jailshell [repl] [--lessons FILE] [--present [--present-width N]] [--image REF]`: the teaching shell."""
 
 from __future__ import annotations
 
@@ -11,6 +11,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a course of your own (default: the one shipped with jailshell)")
     p.add_argument("--present", action="store_true",
                    help="presenter mode: one step per screen, confirm each command, host and jail side by side")
+    p.add_argument("--present-width", type=_columns, default=None, metavar="N",
+                   help="presenter mode: N columns of text, centred (default: two thirds of the terminal, "
+                        "at least 60); zoom the terminal's font to make it large")
     p.add_argument("--image", default=None, metavar="REF", help="image for the jail (default: the embedded busybox)")
 
 
@@ -18,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     from jailshell.commands.builtin import build_workspace
     from jailshell.context import AppContext
 
-    ctx = AppContext.from_environment(present=args.present)
+    ctx = AppContext.from_environment(present=args.present or args.present_width is not None)
     ws = build_workspace(ctx, lessons=args.lessons, image=args.image)
     if not ctx.interactive:
         from jailshell.ui.app import run_piped
@@ -27,7 +30,17 @@ def run(args: argparse.Namespace) -> int:
     from jailshell.ui.app import Repl
 
     _leave_cleanly_on_hangup()
-    return Repl(ctx, ws).run()
+    return Repl(ctx, ws, present_width=args.present_width).run()
+
+
+def _columns(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of columns: {text!r}") from None
+    if n < 40:
+        raise argparse.ArgumentTypeError(f"{n} columns is too narrow to read a table (40 at least)")
+    return n
 
 
 def _leave_cleanly_on_hangup() -> None:

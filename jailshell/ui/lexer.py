@@ -10,6 +10,8 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.lexers import Lexer
 
+from jailshell.ui.guard import checked_styles, guarded
+
 if TYPE_CHECKING:
     from jailshell.commands.registry import Registry
 
@@ -44,7 +46,13 @@ class CommandLexer(Lexer):
     def lex_document(self, document: Document) -> Callable[[int], StyleAndTextTuples]:
         lines = document.lines
 
+        def plain(lineno: int) -> StyleAndTextTuples:
+            return [("", lines[lineno])] if lineno < len(lines) else []
+
+        # Called by prompt_toolkit at every redraw: the guard shows a failure once
+        # and the line is drawn without colours.
+        @guarded("lexer", plain)
         def get_line(lineno: int) -> StyleAndTextTuples:
-            return lex_line(lines[lineno], self.registry) if lineno < len(lines) else []
+            return checked_styles(lex_line(lines[lineno], self.registry)) if lineno < len(lines) else []
 
         return get_line

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, cast
 
 from rich import box
 from rich.console import Console
@@ -62,10 +63,87 @@ SECTION_TITLES = {
 COMMAND_WHERE = {"jail": "runs in the jail", "host": "acts on the jail from the host"}
 
 
+@dataclass(frozen=True)
+class Presentation:
+    """Presenter mode's layout, for a projector. A terminal program cannot make
+    its font larger (the instructor zooms the terminal: Ctrl-+); what it can do
+    is what makes that zoom work: fewer columns of text, so a zoomed screen
+    still holds a whole line, in the middle of the screen, where the back row
+    can see it; bold, high-contrast text with no dim greys (a projector washes
+    them out); a blank line between blocks; one step per screen."""
+
+    width: int  # columns of text
+    margin: int  # blank columns to the left of it (the block is centred)
+    spacing: bool = True  # a blank line after each block
+    clear_each_step: bool = True  # each step starts on a clear screen
+
+    MIN_WIDTH = 40
+    DEFAULT_MIN = 60  # no default narrower than this: tables need it
+
+    @classmethod
+    def for_terminal(cls, columns: int, width: int | None = None) -> Presentation:
+        """WIDTH columns (--present-width) or two thirds of the terminal, never
+        fewer than 60 (nor than the terminal has), centred."""
+        wanted = width if width is not None else max(cls.DEFAULT_MIN, columns * 2 // 3)
+        text = max(min(cls.MIN_WIDTH, columns), min(wanted, columns))
+        return cls(text, (columns - text) // 2)
+
+
+class _Indented:
+    """A file that starts every line with MARGIN spaces: how presenter mode
+    moves rich's output (tables, panels, rules) away from the screen's edge."""
+
+    def __init__(self, file: IO[str], margin: int):
+        self.file = file
+        self.pad = " " * margin
+        self.at_line_start = True
+
+    def write(self, text: str) -> int:
+        if not self.pad:
+            return self.file.write(text)
+        out = []
+        for line in text.splitlines(keepends=True):
+            if self.at_line_start and line != "\n":
+                out.append(self.pad)
+            out.append(line)
+            self.at_line_start = line.endswith("\n")
+        self.file.write("".join(out))
+        return len(text)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+    def isatty(self) -> bool:
+        return bool(getattr(self.file, "isatty", lambda: False)())
+
+    @property
+    def encoding(self) -> str:
+        return str(getattr(self.file, "encoding", None) or "utf-8")
+
+
+def presenter_console(base: Console, layout: Presentation) -> tuple[Console, _Indented]:
+    """A console like BASE (same stream, same colour system) laid out for a
+    projector: LAYOUT.width columns after LAYOUT.margin blank ones, bold, and
+    the presenter theme (jailshell.ui.style.PRESENT_STYLES)."""
+    from jailshell.ui.style import rich_theme
+
+    out = _Indented(base.file, layout.margin)
+    console = Console(file=cast("IO[str]", out), width=layout.width, force_terminal=base.is_terminal, no_color=base.no_color,
+                      color_system=base.color_system,  # type: ignore[arg-type]
+                      highlight=False, markup=False, emoji=False, theme=rich_theme(present=True), style="bold",
+                      _environ={})
+    return console, out
+
+
 class Renderer:
-    def __init__(self, console: Console, *, present: bool = False):
-        self.console = console
+    def __init__(self, console: Console, *, present: bool = False, present_width: int | None = None):
         self.present = present
+        self.layout: Presentation | None = None
+        self._indented: _Indented | None = None
+        if present:
+            self.layout = Presentation.for_terminal(console.width, present_width)
+            console, self._indented = presenter_console(console, self.layout)
+        self.console = console
         utf = (console.encoding or "").lower().startswith("utf")
         self.ok_mark, self.bad_mark, self.arrow = ("✓", "✗", "→") if utf else ("ok", "FAIL", "->")
         self.here_mark, self.todo_mark = ("▶", "·") if utf else (">", ".")
@@ -80,6 +158,19 @@ class Renderer:
         handler(result)
 
     # -- small pieces ----------------------------------------------------------------------
+
+    def gap(self) -> None:
+        """Presenter mode: a blank line between blocks (the room reads from afar)."""
+        if self.layout is not None and self.layout.spacing:
+            self.console.print()
+
+    def new_screen(self) -> None:
+        """Presenter mode: the next step starts on a clear screen."""
+        if self.layout is None or not self.layout.clear_each_step:
+            return
+        self.console.clear()
+        if self._indented is not None:
+            self._indented.at_line_start = True  # the cursor is home: the first line needs its margin too
 
     def _Results(self, r: Results) -> None:
         for item in r.items:
@@ -114,7 +205,8 @@ class Renderer:
     def _highlight(self, line: str) -> Text:
         from rich.syntax import Syntax
 
-        text = Syntax(line, "bash", theme="ansi_dark", background_color="default").highlight(line)
+        theme: Any = _present_syntax_theme() if self.present else "ansi_dark"
+        text = Syntax(line, "bash", theme=theme, background_color="default").highlight(line)
         text.rstrip()
         return text
 
@@ -136,14 +228,17 @@ class Renderer:
     def blocks(self, line: str, where: str, eq: Equivalents | None) -> None:
         self.console.print(self.label("jailshell", "prompt").append(f" ({COMMAND_WHERE[where]})", style="js.note"))
         self.code([line], "jailshell")
+        self.gap()
         if eq is None:
             return
         if eq.docker:
             self.console.print(self.label("docker", "host"))
             self.code([eq.docker])
+            self.gap()
         if eq.raw:
             self.console.print(self.label("raw", "host-terminal" if eq.where == "host" else eq.where))
             self.code(eq.raw)
+            self.gap()
         if eq.note and not self.present:
             self.console.print(Padding(Text(eq.note, style="js.note"), (0, 0, 0, 4)))
 
@@ -158,6 +253,7 @@ class Renderer:
             out = (r.output.stdout + r.output.stderr).rstrip("\n")
             for line in out.splitlines() or ["(no output)"]:
                 self.console.print(Text("    " + line), soft_wrap=True)
+            self.gap()
         if r.after is not None:
             if self.present:
                 self.side_by_side(r.after, r.changes)
@@ -318,16 +414,19 @@ class Renderer:
         pid_isolated = _pid_isolated(snap)
         host.append(f"processes {snap.host_process_count}\n")
         jail.append(f"processes {len(snap.processes) if pid_isolated else snap.host_process_count}\n")
-        host.append("root      /\n")
-        jail.append(f"root      {snap.root_mode}\n", style="js.changed" if ("root", "mode") in changed else "")
+        host.append("root      /\n\n")  # as many lines as the jail's pane: the panels end level
+        where = f" {snap.root}" if snap.root not in ("", "/") else ""  # after `chroot DIR`: which directory
+        jail.append(f"root      {snap.root_mode}{where}\n",
+                    style="js.changed" if ("root", "mode") in changed else "")
         mounts_changed = any(s == "mounts" for s, _ in changed)
         jail.append(f"mounts    {len(snap.mounts)}\n", style="js.changed" if mounts_changed else "")
-        width = max(30, (self.console.width - 4) // 2)
+        width = max(24, (self.console.width - 1) // 2)
         self.console.print(Columns([Panel(host, title="HOST", width=width), Panel(jail, title="JAIL", width=width)]))
+        self.gap()
 
     def _StateView(self, v: StateView) -> None:
         self.console.print(Rule(Text(v.title, style="js.title"), align="left", style="js.rule"))
-        if self.present and len(v.sections) > 1:
+        if self.present and "namespaces" in v.sections and len(v.sections) > 1:
             self.side_by_side(v.snapshot, [])
             return
         for section in v.sections:
@@ -445,12 +544,13 @@ class Renderer:
 
     def _LessonStepView(self, v: LessonStepView) -> None:
         c = self.console
-        if self.present:
-            c.clear()
+        self.new_screen()
         c.print(Rule(self.where_line(v.position), align="left", style="js.rule"))
         c.print(Text.assemble((v.position.lesson.title, "js.note"), ("  ›  ", "js.note"),
                               (v.position.step.title, "js.title")))
+        self.gap()
         self.markdown(v.position.step.text)
+        self.gap()
         for note in v.notes:
             c.print(Text(note, style="js.note"))
         for result in v.results:
@@ -459,10 +559,12 @@ class Renderer:
             self._CheckOutcome(v.check)
         step = v.position.step
         if step.try_ is not None and v.next is not None:
+            self.gap()
             c.print(Text.assemble(("Try it: ", "js.task"), ("(jailshell tells you when it is done; `hint` helps)",
                                                              "js.note")))
             self.markdown(step.try_.task)
         if v.next is not None:
+            self.gap()
             self._Preview(v.next)
 
     def _LessonList(self, ll: LessonList) -> None:
@@ -526,6 +628,14 @@ class Renderer:
         self.console.print(Text(h.banner, style="js.title"))
 
 
+def _present_syntax_theme() -> Any:
+    """rich's ansi_dark with every dim style (comments) made bold: on a projector dim is invisible."""
+    from rich.style import Style
+    from rich.syntax import ANSI_DARK, ANSISyntaxTheme
+
+    return ANSISyntaxTheme({token: Style(bold=True) if style.dim else style for token, style in ANSI_DARK.items()})
+
+
 def _pid_isolated(snap: Snapshot) -> bool:
     return any(r.kind == "pid" and r.isolated for r in snap.namespaces)
 
@@ -555,5 +665,5 @@ def _jailshell_line(line: str) -> Text:
     return Text.assemble((word, "js.jailshell"), (sep + rest, ""))
 
 
-def render_to(console: Console, result: Any, *, present: bool = False) -> None:
-    Renderer(console, present=present).render(result)
+def render_to(console: Console, result: Any, *, present: bool = False, present_width: int | None = None) -> None:
+    Renderer(console, present=present, present_width=present_width).render(result)

@@ -49,13 +49,44 @@ PROMPT_STYLES = {
 }
 
 
-def rich_theme() -> Theme:
+# Presenter mode (a projector): everything bold (the console's base style),
+# no dim greys (washed out on a screen across the room), changed rows in
+# reverse video, which stands out on a dark or a light background alike.
+PRESENT_STYLES = {
+    **RICH_STYLES,
+    "js.title": "bold underline",
+    "js.rule": "bold cyan",
+    "js.where": "bold cyan",
+    "js.note": "bold",
+    "js.changed": "bold reverse",
+    "js.isolated": "bold green",
+    "js.shared": "bold",
+    "js.ok": "bold green",
+    "js.warn": "bold yellow",
+    "js.hint": "bold italic",
+    "js.key": "bold underline",
+    "js.task": "bold magenta",
+    "js.done": "bold green",
+    "js.current": "bold reverse",
+}
+
+
+def rich_theme(*, present: bool = False) -> Theme:
     from rich.theme import Theme
 
-    return Theme(RICH_STYLES)
+    return Theme(PRESENT_STYLES if present else RICH_STYLES)
 
 
-def prompt_style() -> Style:
+def prompt_style(styles: dict[str, str] | None = None) -> Style:
+    """The prompt_toolkit style. A bad rule is shown (jailshell.ui.guard) and
+    the prompt drawn unstyled, not the session ended. (The style strings our
+    callbacks hand prompt_toolkit while it draws are checked by the guard.)"""
     from prompt_toolkit.styles import Style
 
-    return Style.from_dict(PROMPT_STYLES)
+    from jailshell.ui.guard import report
+
+    try:
+        return Style.from_dict(PROMPT_STYLES if styles is None else styles)
+    except Exception as exc:
+        report("style", exc)
+        return Style([])

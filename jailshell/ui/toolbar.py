@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 
+from jailshell.ui.guard import checked_styles, report
+
 if TYPE_CHECKING:
     from jailshell.commands.workspace import Workspace
 
@@ -48,13 +50,28 @@ def cgroup_usage(cg: Any) -> str:
     return " ".join(parts)
 
 
+def root_label(ws: Workspace, jail: Any) -> str:
+    """`chroot $LAB/root`: how the jail's root was switched and, after `chroot
+    DIR`, to which directory (under this session's $LAB written so)."""
+    mode = str(jail.state.root_mode)
+    root = getattr(jail.state, "root", None)
+    if mode == "host" or not root:
+        return mode
+    lab = ws._lab[0] if ws._lab is not None else None
+    if lab is not None and (root == str(lab) or root.startswith(f"{lab}/")):
+        root = "$LAB" + root[len(str(lab)):]
+    return f"{mode} {root}"
+
+
 def create_toolbar_tokens_func(ws: Workspace, *, present: bool = False) -> Callable[[], Tokens]:
     def safe_tokens() -> Tokens:
-        # Drawn inside prompt_toolkit's render loop: an exception here would end
-        # the learner's session, so a broken status line only says so.
+        # Drawn inside prompt_toolkit's render loop every second: an exception
+        # here would end the learner's session. The guard shows it once; the
+        # status line says it is unavailable, and why, for as long as it is.
         try:
-            return get_toolbar_tokens()
+            return checked_styles(get_toolbar_tokens())
         except Exception as exc:
+            report("status line", exc)
             return [("class:bottom-toolbar.off", f" status unavailable ({type(exc).__name__}: {exc})")]
 
     def get_toolbar_tokens() -> Tokens:
@@ -68,7 +85,7 @@ def create_toolbar_tokens_func(ws: Workspace, *, present: bool = False) -> Calla
             out += [("class:bottom-toolbar.jail", f" jail {jail.id}"), ("class:bottom-toolbar", f"  PID {jail.pid}"),
                     sep, ("class:bottom-toolbar", "isolated: "),
                     ("class:bottom-toolbar.ns", " ".join(kinds) if kinds else "nothing yet"),
-                    sep, ("class:bottom-toolbar", f"root: {jail.state.root_mode}")]
+                    sep, ("class:bottom-toolbar", "root: " + root_label(ws, jail))]
             if jail.state.hostname:
                 out += [sep, ("class:bottom-toolbar", f"hostname: {jail.state.hostname}")]
             if jail.state.mounts:

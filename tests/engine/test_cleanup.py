@@ -108,3 +108,25 @@ def test_cleanup_and_run_need_root_and_say_so() -> None:
     assert out.splitlines()[0] == "jailshell: error: cleanup (unmounting, removing cgroups and interfaces) needs root (CAP_SYS_ADMIN)"
     assert "hint: run jailshell with sudo" in out
     assert "Traceback" not in out
+
+
+def test_a_zombie_owner_is_dead_and_its_process_entry_is_reaped() -> None:
+    # A killed owner stays in /proc as a zombie until its parent reaps it; for
+    # cleanup (and leases) it is dead. undo of a process entry reaps our own zombie.
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    start = None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        start = int(data[data.rindex(b")") + 2:].split()[19])
+        if data[data.rindex(b")") + 2:][:1] == b"Z":
+            break
+        time.sleep(0.005)
+    assert journal.process_starttime(pid) == start  # still in /proc
+    assert not journal.process_alive(pid, start)
+    journal.undo_process({"pid": pid, "starttime": start})
+    assert journal.process_starttime(pid) is None  # reaped
+    assert journal.process_alive(os.getpid(), journal.process_starttime(os.getpid()))

@@ -38,6 +38,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     pull.add_argument("--user", help="USER:PASSWORD for a registry that needs a login "
                                      "(default: what `docker login` saved)")
     pull.add_argument("--name", help="NAME[:TAG] to store it under (default: the reference)")
+    pull.add_argument("--no-unpack", action="store_true",
+                      help="only download and verify the blobs into the cache (like skopeo copy or ctr content "
+                           "fetch); a later pull of the same reference extracts them, offline if need be")
     _common(pull)
 
     ls = sub.add_parser("ls", help="list images")
@@ -192,7 +195,7 @@ def _credentials(args: argparse.Namespace) -> tuple[str, str] | None:
 
 
 def _pull(args: argparse.Namespace) -> int:
-    from jailshell.engine.images.registry import PullEvents, pull
+    from jailshell.engine.images.registry import PullEvents, fetch, pull
 
     start = time.monotonic()
     events = PullEvents(progress=_progress_for(args))
@@ -207,12 +210,27 @@ def _pull(args: argparse.Namespace) -> int:
                                                         file=sys.stderr)
             events.on_blob_done = lambda digest, cached: print(
                 f"{digest[7:19]}: {'already cached' if cached else 'done'}", file=sys.stderr)
+    if args.no_unpack and (args.name or args.layers):
+        raise InvalidInput("--no-unpack stores blobs only: --name and --layers apply when the image is extracted",
+                           hint=f"later: jailshell image pull {args.ref} --name ... --layers")
     try:
-        image = pull(args.ref, platform=_platform(args), credentials=_credentials(args), events=events,
-                     name=args.name, layer_dirs=_layer_dirs(args))
+        if args.no_unpack:
+            fetched = fetch(args.ref, platform=_platform(args), credentials=_credentials(args), events=events)
+        else:
+            image = pull(args.ref, platform=_platform(args), credentials=_credentials(args), events=events,
+                         name=args.name, layer_dirs=_layer_dirs(args))
     finally:
         if bars is not None:
             bars.stop()
+    if args.no_unpack:
+        if args.quiet:
+            print(fetched.digest)
+        else:
+            print(f"fetched {fetched.ref} ({fetched.digest[:19]}): {fetched.layers} layer(s), "
+                  f"{human(fetched.downloaded)} downloaded, {fetched.cached} already cached, in "
+                  f"{time.monotonic() - start:.2f} s; not extracted: `jailshell image pull {args.ref}` does "
+                  "that, offline if need be")
+        return 0
     _print_result(image, args, time.monotonic() - start)
     return 0
 

@@ -417,9 +417,43 @@ def _tag_file(cache: blobs.BlobCache, ref: Reference, platform: oci.Platform | N
     return cache.root / "tags" / safe_registry / ref.repository / f"{ref.tag}@{plat}"
 
 
+@dataclass
+class Fetched:
+    """What `image pull --no-unpack` leaves: verified blobs in the cache, no root filesystem."""
+
+    ref: str
+    digest: str  # the manifest (or index) the tag pointed to
+    layers: int
+    downloaded: int  # layer bytes fetched now (cached ones not counted)
+    cached: int  # layers already in the cache
+
+
+def fetch(ref_text: str, *, platform: oci.Platform | None = None, store: ImageStore | None = None,
+          credentials: tuple[str, str] | None = None, events: PullEvents | None = None) -> Fetched:
+    """Download and verify an image's manifests, config and layers into the
+    blob cache, and remember its tag, without extracting anything: what
+    `skopeo copy` or containerd's `ctr content fetch` do. A later `pull` of
+    the same reference extracts it from the cache, offline if need be (the
+    way to prepare workshop machines before the network is gone)."""
+    result = _transfer(ref_text, platform=platform, store=store, credentials=credentials, events=events,
+                       name=None, layer_dirs=False, unpack=False)
+    assert isinstance(result, Fetched)
+    return result
+
+
 def pull(ref_text: str, *, platform: oci.Platform | None = None, store: ImageStore | None = None,
          credentials: tuple[str, str] | None = None, events: PullEvents | None = None, name: str | None = None,
          layer_dirs: bool = False) -> Image:
+    """Pull ref_text into the store and extract its root filesystem, as `docker pull` does."""
+    result = _transfer(ref_text, platform=platform, store=store, credentials=credentials, events=events,
+                       name=name, layer_dirs=layer_dirs, unpack=True)
+    assert isinstance(result, Image)
+    return result
+
+
+def _transfer(ref_text: str, *, platform: oci.Platform | None, store: ImageStore | None,
+              credentials: tuple[str, str] | None, events: PullEvents | None, name: str | None,
+              layer_dirs: bool, unpack: bool) -> Image | Fetched:
     store = store or ImageStore()
     events = events or PullEvents()
     ref = Reference.parse(ref_text)
@@ -498,8 +532,16 @@ def pull(ref_text: str, *, platform: oci.Platform | None = None, store: ImageSto
                 events.on_blob(layer.digest, layer.size)
             growing[layer.digest] = Growing(cache.path(layer.digest))
             downloads[layer.digest] = pool.submit(_fetch, client, cache, layer, events, cancel, growing[layer.digest])
-        events.status(f"extracting {len(parts.layers)} layer(s)")
-        image = build(store, parts, image_name, tag, progress=events.progress, layer_dirs=layer_dirs)
+        if unpack:
+            events.status(f"extracting {len(parts.layers)} layer(s)")
+            image: Image | Fetched = build(store, parts, image_name, tag, progress=events.progress,
+                                           layer_dirs=layer_dirs)
+        else:
+            for future in downloads.values():
+                future.result()  # a failed or corrupt download raises here
+            image = Fetched(str(ref), top_digest, len(parts.layers),
+                            sum(layer.size for layer in parts.layers if layer.digest in downloads and layer.size > 0),
+                            len(parts.layers) - len(downloads))
     except BaseException:
         cancel.set()  # a half-downloaded blob stays as .part, to be resumed
         pool.shutdown(wait=True, cancel_futures=True)
@@ -511,6 +553,40 @@ def pull(ref_text: str, *, platform: oci.Platform | None = None, store: ImageSto
         tmp.write_text(top_digest + "\n")
         os.replace(tmp, tag_file)
     return image
+
+
+def by_hand(ref_text: str, image: Image, root: str = "root") -> list[str]:
+    """The HTTP requests a pull makes, as curl commands to paste into a shell:
+    the manifest the tag points to (its sha256 is the image's digest), then
+    each layer blob, unpacked by tar into root in order. Made from the digests
+    this pull recorded, so they fetch exactly what it fetched. (tar does not
+    apply whiteouts, and does not check digests: the pull does both.)"""
+    ref = Reference.parse(ref_text)
+    auth = ""
+    lines = []
+    if ref.registry == DOCKER_HUB:
+        # Docker Hub always asks for a token, even for public images: an anonymous one will do.
+        scope = urllib.parse.quote(f"repository:{ref.repository}:pull")
+        lines.append(f"TOKEN=$(curl -sf 'https://auth.docker.io/token?service=registry.docker.io&scope={scope}' "
+                     "| jq -r .token)    # the anonymous token the WWW-Authenticate challenge asks for")
+        auth = '-H "Authorization: Bearer $TOKEN" '
+    accept = ",".join((*oci.INDEX_TYPES, *oci.MANIFEST_TYPES))
+    recorded = list(image.meta.get("blobs") or [])
+    top = recorded[0] if recorded else ""
+    lines.append(f"curl -sf {auth}-H 'Accept: {accept}' {ref.base_url}/manifests/{ref.reference} | sha256sum"
+                 f"    # {top or 'the digest of the manifest the tag names'}")
+    if len(recorded) == 3:  # an index (or manifest list) first, then the manifest for this machine
+        lines.append(f"curl -sf {auth}-H 'Accept: {accept}' {ref.base_url}/manifests/{recorded[1]} | sha256sum"
+                     f"    # the manifest for {image.meta.get('os') or 'linux'}/{image.meta.get('architecture') or '?'}")
+    lines.append(f"mkdir {root}")
+    info = image.meta.get("layer_info") or [{"digest": d} for d in image.layers]
+    for i, layer in enumerate(info, 1):
+        media = str(layer.get("media_type") or "")
+        # tar cannot guess the compression of a pipe: the media type says it.
+        unzip = "--zstd " if "zstd" in media else "" if media.endswith(".tar") else "-z "
+        lines.append(f"curl -sfL {auth}{ref.base_url}/blobs/{layer['digest']} | tar {unzip}-xpf - -C {root}"
+                     f"    # layer {i}/{len(info)}")
+    return lines
 
 
 def _store_name(name: str | None, ref_text: str, ref: Reference) -> tuple[str, str]:

@@ -78,10 +78,16 @@ class Image:
     def rootfs(self) -> Path:
         return self.path / "rootfs"
 
+    def command(self, args: list[str] | None = None, entrypoint: str | None = None) -> list[str]:
+        """What a container of this image runs, by docker's rule: Entrypoint +
+        (args, or Cmd without any); an entrypoint given replaces the image's and
+        drops its Cmd. Every run path (run, the plain run, docker run/create) uses it."""
+        from jailshell.engine.runfast import image_command  # the plain run's copy-free home of the rule
+
+        return image_command(self.config, list(args or []), entrypoint)
+
     def default_command(self) -> list[str]:
-        entry = self.config.get("Entrypoint") or []
-        cmd = self.config.get("Cmd") or []
-        return list(entry) + list(cmd) or ["/bin/sh"]
+        return self.command()
 
     def env(self) -> list[str]:
         return list(self.config.get("Env") or ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"])
@@ -169,19 +175,30 @@ class ImageStore:
         path = self._path(name, tag)
         if not (path / "image.json").exists():
             raise JailshellError(f"unknown image '{ref}'", hint="see `jailshell image ls`")
+        # As docker refuses to remove an image a container uses: a mounted root
+        # would lose its files. (Layer directories stay until prune, which keeps
+        # mounted ones, so an image mounted layer by layer can go.)
+        if str(path / "rootfs") in overlay_lowerdirs():
+            raise JailshellError(f"image '{ref}' is in use: a jail or container has its files mounted as its root",
+                                 hint="exit that jail or remove that container first")
         trash = path.with_name(f".rm-{tag}-{os.getpid()}")
         os.rename(path, trash)
         shutil.rmtree(trash)
         if not any(path.parent.iterdir()):
             path.parent.rmdir()
 
-    def lowerdirs(self, image: Image) -> list[Path]:
+    def lowerdirs(self, image: Image, upper: Path | None = None, work: Path | None = None) -> list[Path]:
         """The image's layer directories as overlayfs wants them in lowerdir=:
-        the top layer first. Empty when the image was stored flattened only."""
-        dirs = [self.root / rel for rel in image.meta.get("layer_dirs") or []]
-        if not dirs or not all(d.is_dir() for d in dirs):
-            return []
-        return dirs[::-1]
+        the top layer first. Empty when the image was stored flattened only (or
+        its layers would not fit in the mount options beside upper and work)."""
+        from jailshell.engine.runfast import layer_lowers
+
+        return [Path(d) for d in layer_lowers(str(self.root), image.meta, str(upper or ""), str(work or ""))]
+
+    def overlay_lowers(self, image: Image, upper: Path | None = None, work: Path | None = None) -> list[Path]:
+        """The lowerdirs of a container's overlay root: the layers when they were
+        kept (`--layers`), else the flattened root alone."""
+        return self.lowerdirs(image, upper, work) or [image.rootfs]
 
     def overlay_data(self, image: Image, upper: Path, work: Path) -> str:
         """The mount options of an overlay root for image with a writable upper:
@@ -189,8 +206,9 @@ class ImageStore:
         first, as docker's overlay2 mounts them; else its flattened root as the
         one lowerdir (where the layers were not kept, or overlayfs whiteouts
         could not be made)."""
-        lowers = self.lowerdirs(image) or [image.rootfs]
-        return f"lowerdir={':'.join(str(d) for d in lowers)},upperdir={upper},workdir={work}"
+        from jailshell.engine.runfast import overlay_data
+
+        return overlay_data([str(d) for d in self.overlay_lowers(image, upper, work)], str(upper), str(work))
 
     def prune(self, *, min_age: float = 600.0) -> PruneReport:
         """Remove what no image uses: cached blobs and layer directories, tags
@@ -225,8 +243,17 @@ class ImageStore:
                     if not (blob_root / algorithm / hexpart).is_file():
                         report.add(f"tag {f.relative_to(tags)}", f)
         layers_root = self.root / ".layers"
-        for d in sorted(layers_root.glob("*/*")):
-            if d not in layer_dirs:
+        unused = [d for d in sorted(layers_root.glob("*/*")) if d not in layer_dirs]
+        # An import running now has put its layers there before its image.json
+        # names them; a jail or container of a removed image may still have
+        # them mounted as lowerdirs: both keep them.
+        importing = False
+        for d in self.root.glob(".staging-*") if self.root.is_dir() else []:
+            m = re.match(r"^\.staging-(\d+)-", d.name)
+            importing = importing or bool(m and _pid_alive(int(m.group(1))))
+        mounted = overlay_lowerdirs() if unused and not importing else set()
+        for d in unused if not importing else []:
+            if str(d) not in mounted:
                 report.add(f"layer directory {d.parent.name}:{d.name}", d)
         # commit() and remove() leave .old-TAG-PID / .rm-TAG-PID beside the tag
         # for an instant; staging() makes .staging-PID-* at the top.
@@ -239,6 +266,35 @@ class ImageStore:
             if m and not d.parent.name.startswith(".") and not _pid_alive(int(m.group(1))):
                 report.add(f"leftover {d.parent.name}/{d.name}", d)
         return report
+
+
+def overlay_lowerdirs() -> set[str]:
+    """Every lowerdir of every overlay mounted now, in any mount namespace (a
+    `jailshell run` container mounts its root in its own): read from the
+    mountinfo of one process of each."""
+    seen: set[int] = set()
+    found: set[str] = set()
+    for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            ns = os.stat(f"/proc/{pid}/ns/mnt").st_ino
+            if ns in seen:
+                continue
+            with open(f"/proc/{pid}/mountinfo") as fh:
+                lines = fh.read().splitlines()
+        except OSError:
+            continue  # gone, or not ours to read
+        seen.add(ns)
+        for line in lines:
+            _, _, rest = line.partition(" - ")
+            fields = rest.split(" ")
+            if len(fields) < 3 or fields[0] != "overlay":
+                continue
+            for opt in fields[2].split(","):
+                if opt.startswith("lowerdir="):
+                    # mountinfo writes space, tab, newline and backslash as octal escapes
+                    text = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), opt[len("lowerdir="):])
+                    found.update(text.split(":"))
+    return found
 
 
 def _pid_alive(pid: int) -> bool:
