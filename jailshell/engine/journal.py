@@ -307,7 +307,9 @@ def undo_dir(fields: dict[str, Any]) -> None:
         return
     _unmount_below(path)
     # Never follow symlinks out of the directory (an image may hold absolute ones).
-    shutil.rmtree(path)
+    # Gone meanwhile is done: a container's supervisor may remove it at the same time.
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)
 
 
 def undo_file(fields: dict[str, Any]) -> None:

@@ -228,6 +228,31 @@ def mask_paths(root: str = "/") -> list[str]:
     return done
 
 
+def fs_type(path: str) -> str:
+    """The filesystem type of the mount holding path, from this process's mountinfo."""
+    real = os.path.realpath(path)
+    best, kind = "", ""
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            fields = line.split()
+            target = fields[4].replace("\\040", " ")
+            inside = real == target or real.startswith(target.rstrip("/") + "/")
+            if inside and len(target) >= len(best):
+                best, kind = target, fields[fields.index("-") + 1]
+    return kind
+
+
+def overlay_upper_hint(upper: str) -> str:
+    """Why an overlay with this upper directory may be refused, in words."""
+    kind = fs_type(upper)
+    if kind == "overlay":
+        return (f"{os.path.dirname(upper)} is itself on overlayfs (is jailshell running inside a container?), and "
+                "overlayfs cannot use an overlay as its upper layer: point JAILSHELL_DATA_DIR and JAILSHELL_RUN_DIR "
+                "at a directory on ext4, xfs, btrfs or tmpfs (a volume, or /dev/shm)")
+    return (f"the upper directory is on {kind or 'an unknown filesystem'}; overlayfs needs one that supports "
+            "xattrs and d_type (ext4, xfs, btrfs, tmpfs)")
+
+
 def sethostname(name: str) -> None:
     sc.sethostname(name)
 

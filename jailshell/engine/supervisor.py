@@ -218,8 +218,7 @@ class ContainerJail(Jail):
             from jailshell.errors import kernel_error
 
             raise kernel_error("mounting the container's overlay root", exc,
-                               hint="the data directory must be on a filesystem overlayfs accepts as upper "
-                                    "(ext4, xfs, tmpfs; not overlayfs itself)") from None
+                               hint=steps.overlay_upper_hint(str(p["upper"]))) from None
         self.rootfs_mode = "overlay"
         self.overlay_data = data
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -274,3 +275,23 @@ def test_rootless_live_jail_user_namespace_first(tmp_path: object) -> None:
         status, out = as_nobody(scenario, env=env)
         assert status == 0, out
         assert not any((base / "run" / "jails").iterdir())
+
+
+def test_an_upper_directory_on_overlayfs_is_named_as_the_reason(tmp_path: Path) -> None:
+    # jailshell inside a container: its data directory is on an overlay, which overlayfs refuses
+    # as an upper layer. The kernel says only EINVAL; the hint says why.
+    from jailshell.engine import steps
+    from jailshell.engine import syscalls as sc
+
+    assert steps.fs_type("/proc/self") == "proc"
+    for sub in ("lower", "upper", "work", "merged", "inner"):
+        (tmp_path / sub).mkdir()
+    sc.mount("overlay", str(tmp_path / "merged"), "overlay", 0,
+             f"lowerdir={tmp_path / 'lower'},upperdir={tmp_path / 'upper'},workdir={tmp_path / 'work'}")
+    try:
+        (tmp_path / "merged/upper").mkdir()
+        assert steps.fs_type(str(tmp_path / "merged/upper")) == "overlay"
+        assert "itself on overlayfs" in steps.overlay_upper_hint(str(tmp_path / "merged/upper"))
+        assert "itself on overlayfs" not in steps.overlay_upper_hint(str(tmp_path / "upper"))
+    finally:
+        sc.umount2(str(tmp_path / "merged"), sc.MNT_DETACH)
