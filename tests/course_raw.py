@@ -74,6 +74,16 @@ def sh(line: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL)
 
 
+def stop(proc: subprocess.Popen[Any]) -> None:
+    """End a helper process a test started (socat, ...): TERM, then KILL after 5 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 # -- the kernel state compared ------------------------------------------------------------------------
 
 

@@ -54,7 +54,10 @@ def by_engine(line: str = LINE) -> str:
     return out.decode()
 
 
-def by_hand(plan: dockerline.Plan) -> str:
+def by_hand_script(plan: dockerline.Plan, cgroup_lines: list[str] | None = None) -> str:
+    """The plan's shown commands as one shell script: the host's lines in this
+    shell (which becomes the container: $$), then unshare, then the jail's
+    lines in the new namespaces. cgroup_lines replace the cgroup step's."""
     host: list[str] = []
     jail: list[str] = []
     unshare = None
@@ -62,17 +65,22 @@ def by_hand(plan: dockerline.Plan) -> str:
         if step.key == "unshare":
             unshare = step.raw[0]
         elif unshare is None:
-            # Before unshare: this shell is the one that becomes the container ($$).
-            host += [cmd.replace(dockerline.PID_PLACEHOLDER, "$$") for cmd in step.raw]
+            if step.key == "cgroup" and cgroup_lines is not None:
+                host += cgroup_lines
+            else:
+                host += [cmd.replace(dockerline.PID_PLACEHOLDER, "$$") for cmd in step.raw]
         else:
             assert step.where == "jail", step.key
             jail += step.raw
     assert unshare is not None and unshare.endswith(" sh")
     inside = "set -e\n" + "\n".join(jail)
     # The host commands' own output (the image step lists the image) is not the container's.
-    script = ("set -e\nexec 3>&1 >/dev/null\n" + "\n".join(host)
-              + f"\nexec >&3 3>&-\nexec {unshare} -c {shlex.quote(inside)}\n")
-    res = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    return ("set -e\nexec 3>&1 >/dev/null\n" + "\n".join(host)
+            + f"\nexec >&3 3>&-\nexec {unshare} -c {shlex.quote(inside)}\n")
+
+
+def by_hand(plan: dockerline.Plan) -> str:
+    res = subprocess.run(["sh", "-c", by_hand_script(plan)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     return res.stdout
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import os
+import shlex
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,7 +115,21 @@ def test_run_all_and_the_lifecycle_commands(ws: Workspace) -> None:
     ps = "\n".join(x.text for x in flat(ws.run_line("docker ps")) if isinstance(x, Message))
     assert "bg" in ps and "Up" in ps and "CONTAINER ID" in ps
     out = flat(ws.run_line("docker exec bg sh -c 'echo $$; hostname'"))
-    assert out[0].text.split("\n")[1] == containers.resolve("bg").id
+    assert isinstance(out[0], StepReport) and out[0].equivalents is not None
+    assert out[1].text.split("\n")[1] == containers.resolve("bg").id
+    # The shown raw command, run by hand, lands where docker exec did: same namespaces as PID 1,
+    # its cgroups, its root, the same environment.
+    probe = ("for n in pid mnt uts net ipc cgroup; do readlink /proc/self/ns/$n; done; "
+             "cat /proc/self/cgroup | sort; ls /; env | grep -v '^PS1=' | sort")
+    engine = flat(ws.run_line(f"docker exec -w /tmp bg sh -c {shlex.quote(probe + '; pwd')}"))
+    report = engine[0]
+    assert isinstance(report, StepReport) and report.equivalents is not None
+    raw = report.equivalents.raw[0]
+    assert "nsenter --target" in raw and "cgroup.procs" in raw and "env -i " in raw
+    by_hand = subprocess.run(["sh", "-c", raw], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    assert by_hand.returncode == 0, by_hand.stderr
+    assert by_hand.stdout.rstrip("\n") == engine[1].text, (by_hand.stdout, engine[1].text)
+    assert by_hand.stdout.rstrip("\n").endswith("/tmp")
     stop = [x.text for x in flat(ws.run_line("docker stop -t 1 bg")) if isinstance(x, Message)]
     assert any("no handler for SIGTERM" in t for t in stop) and any("SIGKILL after 1 s" in t for t in stop)
     assert containers.resolve("bg").exit_code == 137

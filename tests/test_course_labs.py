@@ -362,6 +362,23 @@ _GET = ("import socket, sys\n"
         "    print('ERROR', exc)\n")
 
 
+def start_shown_proxy(shown: str, port: int) -> subprocess.Popen[bytes] | None:
+    """Start the shown `socat ... &` line as a child the test ends (course_raw.stop),
+    and wait until 127.0.0.1:port answers; None (outside CI) without socat."""
+    if shutil.which("socat") is None:
+        # Under CI a skip would hide the proxy line: scripts/setup --test installs socat.
+        assert os.environ.get("CI", "").lower() not in ("1", "true", "yes"), "socat is missing"
+        return None
+    line = course_raw.strip_comment(shown).rstrip(" &")
+    socat = subprocess.Popen(shlex.split(line), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.monotonic() + 5
+    while _fetch("127.0.0.1", port).startswith("ERROR") and time.monotonic() < deadline:
+        assert socat.poll() is None, socat.stderr.read() if socat.stderr else socat.returncode
+        time.sleep(0.1)
+    return socat
+
+
 def _fetch(addr: str, port: int, netns: str | None = None) -> str:
     """The page at ADDR:PORT, or `ERROR ...`: from this host, or from inside NETNS."""
     cmd = [sys.executable, "-c", _GET, addr, str(port)]
@@ -468,17 +485,9 @@ def test_published_port_lines_by_hand_answer_from_a_second_host(two_workspaces: 
             for seen in (_fetch(host_side, a_port, netns), _fetch("127.0.0.1", a_port)):
                 assert "hello from the jail" in seen and "this is jail B" not in seen, seen
             # The userland proxy, as shown (in the background: here a child the test ends).
-            if shutil.which("socat") is None:
-                # Under CI a skip would hide the proxy line: scripts/setup --test installs socat.
-                assert os.environ.get("CI", "").lower() not in ("1", "true", "yes"), "socat is missing"
+            socat = start_shown_proxy(for_b(proxy[0]), b_port)
+            if socat is None:
                 return
-            line = course_raw.strip_comment(for_b(proxy[0])).rstrip(" &")
-            socat = subprocess.Popen(shlex.split(line), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, start_new_session=True)
-            deadline = time.monotonic() + 5
-            while _fetch("127.0.0.1", b_port).startswith("ERROR") and time.monotonic() < deadline:
-                assert socat.poll() is None, socat.stderr.read() if socat.stderr else socat.returncode
-                time.sleep(0.1)
             v = checks.evaluate(f"published {b_port} this is jail B", b)
             assert v.ok, v.detail
             assert checks.evaluate(publish.check, a).ok  # type: ignore[attr-defined]
@@ -486,12 +495,7 @@ def test_published_port_lines_by_hand_answer_from_a_second_host(two_workspaces: 
             assert "this is jail B" in seen, seen
     finally:
         if socat is not None:
-            socat.terminate()
-            try:
-                socat.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                socat.kill()
-                socat.wait()
+            course_raw.stop(socat)
         ws_b.close()  # its own table goes, and the chain added to it by hand with it
         subprocess.run(["nft", "delete", "table", "ip", f"jailshell_{b.id}"], capture_output=True, check=False)
         if shutil.which("iptables"):

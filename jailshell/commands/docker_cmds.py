@@ -290,10 +290,13 @@ def _other(ws: Workspace, cmd: DockerCommand) -> Any:
         o["force"] = True
         return Confirm(f"Remove {what}?", lambda: _captured(cmd), Message("nothing removed"))
     if cmd.verb == "exec" and not (o.get("detach") or o.get("interactive") or o.get("tty")):
+        eq = containers.exec_equivalents(cmd.args[0], cmd.args[1:], env=o.get("env"), workdir=o.get("workdir"),
+                                         user=o.get("user"), line=cmd.line)
         res = containers.exec_output(cmd.args[0], cmd.args[1:], env=o.get("env"), workdir=o.get("workdir"),
                                      user=o.get("user"))
         text = (res.stdout + res.stderr).rstrip("\n")
-        items: list[Any] = [Message(text)] if text else []
+        items: list[Any] = [StepReport(cmd.line, "docker-exec", "host", eq)]
+        items += [Message(text)] if text else []
         if res.returncode:
             items.append(Message(f"exit status {res.returncode}", "warn"))
         return Results(items)

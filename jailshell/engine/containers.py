@@ -969,6 +969,37 @@ def _prepare_exec(ref: str, env: list[str] | None, user: str | None) -> tuple[_R
     return jail, extra
 
 
+def exec_equivalents(ref: str, argv: list[str], *, env: list[str] | None = None, workdir: str | None = None,
+                     user: str | None = None, line: str = "") -> Any:
+    """The by-hand form of `docker exec` (Equivalents), from the same facts the
+    engine uses: nsenter into PID 1's namespaces and root, its cgroups joined
+    first, the environment the engine gives (env -i), its user and directory."""
+    import shlex
+
+    from jailshell.engine.equivalents import for_exec
+
+    jail, extra = _prepare_exec(ref, env, user)
+    full = jail._env(extra)
+    full.pop("PS1", None)  # the engine's prompt for interactive shells only
+    cmd = ["env", "-i", *(f"{k}={v}" for k, v in sorted(full.items())), *argv]
+    if workdir:
+        # Not nsenter --wd=DIR: it would open DIR before entering the mount namespace.
+        cmd = ["sh", "-c", f"cd {shlex.quote(workdir)} && exec \"$@\"", "sh", *cmd]
+    eq = for_exec(jail, cmd)
+    raw = eq.raw[0]
+    assert jail.user_ids is not None
+    uid, gid, groups = jail.user_ids
+    note = ("nsenter enters the namespaces and the root of the container's PID 1, but not its cgroups: the "
+            "`echo $$ > cgroup.procs` lines do that first")
+    if uid or gid:
+        # nsenter -S/-G switch ids once inside.
+        raw = raw.replace(f"nsenter --target {jail.pid} ", f"nsenter --target {jail.pid} -S {uid} -G {gid} ", 1)
+        if groups:
+            note += f"; nsenter -G drops supplementary groups, which docker keeps ({','.join(map(str, groups))})"
+    return type(eq)(docker=line or f"docker exec {ref} {' '.join(shlex.quote(a) for a in argv)}", raw=[raw],
+                    where="host", note=note)
+
+
 def exec_output(ref: str, argv: list[str], *, env: list[str] | None = None, workdir: str | None = None,
                 user: str | None = None, timeout: float = 60) -> Any:
     """`docker exec` with its output captured (an ExecResult): what the REPL shows."""

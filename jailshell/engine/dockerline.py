@@ -927,9 +927,37 @@ def cgroup_commands(name: str, limits: Any) -> list[str]:
         h = layout.hierarchy(c)
         if h is not None and (c in WANTED or layout.version_of("cpu") == 1):
             cg.dirs[c] = h.mount / cgroups.PARENT / name
-    writes = [cgroups.Op("write", str(path), value).raw for path, value in cg._plan(limits)]
+    real = {d: d for d in cg.paths}
+    # Which limit files a cgroup has (memsw, swap.max: only where swap is
+    # counted) is read from the cgroup itself; this one does not exist yet, so
+    # ask one of the same hierarchy that does, and write to this one's paths.
+    for c, d in list(cg.dirs.items()):
+        like = _existing_like(d, layout.version_of(c))
+        if like is not None:
+            cg.dirs[c] = like
+            real[like] = d
+    writes = [cgroups.Op("write", str(real.get(path.parent, path.parent) / path.name), value).raw
+              for path, value in cg._plan(limits)]
+    cg.dirs = {c: real.get(d, d) for c, d in cg.dirs.items()}
     return ([f"mkdir -p {_q(p)}" for p in cg.paths] + writes
             + [f"echo {PID_PLACEHOLDER} > {_q(f)}" for f in cg.procs_files()])
+
+
+def _existing_like(d: Path, version: int | None) -> Path | None:
+    """d, or an existing cgroup of d's hierarchy with the same limit files:
+    jailshell's parent; on v1 the root (it has every limit file); on v2 a
+    child of the root with memory files (the root has none)."""
+    if d.is_dir():
+        return d
+    if d.parent.is_dir():
+        return d.parent
+    root = d.parent.parent
+    if version == 1:
+        return root if root.is_dir() else None
+    try:
+        return next((c for c in sorted(root.iterdir()) if (c / "memory.max").exists()), None)
+    except OSError:
+        return None
 
 
 def _network_step(spec: ContainerSpec, network: str, layout: Layout) -> PlanStep:
