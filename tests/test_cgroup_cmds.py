@@ -31,18 +31,9 @@ from jailshell.lessons.loader import CourseError, parse_course
 from jailshell.ui.completer import CommandCompleter
 from jailshell.ui.render import render_to
 from jailshell.ui.toolbar import create_toolbar_tokens_func
+from tests.test_lessons import TINY_HEADER
 
-COURSE = """\
-format_version: 1
-id: tiny
-title: Tiny
-welcome: Hello.
-final: Bye.
-lessons:
-  - id: one
-    title: One
-    summary: The only lesson.
-    steps:
+COURSE = TINY_HEADER + """\
       - id: a
         title: First
         text: Limit it.

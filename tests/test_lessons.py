@@ -16,7 +16,8 @@ from jailshell.lessons.checks import default_checks
 from jailshell.lessons.loader import CourseError, default_path, parse_course
 from jailshell.lessons.progress import Progress
 
-GOOD = """\
+# A one-lesson course up to its steps: the tests' small courses add their own.
+TINY_HEADER = """\
 format_version: 1
 id: tiny
 title: Tiny
@@ -27,6 +28,9 @@ lessons:
     title: One
     summary: The only lesson.
     steps:
+"""
+
+GOOD = TINY_HEADER + """\
       - id: a
         title: First
         text: Do it.

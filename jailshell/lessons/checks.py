@@ -14,7 +14,7 @@ import shlex
 import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jailshell.engine.jail import Jail
@@ -142,6 +142,16 @@ def _mount_names() -> tuple[str, ...]:
     return tuple(SPECIAL_MOUNTS)
 
 
+def _proc_in_jail(jail: Jail) -> tuple[bool, list[str], list[Any], int]:
+    """What `ls /proc` in the jail lists: whether it could, the PIDs it saw, the
+    processes of the jail's PID namespace, and how many the host has."""
+    from jailshell.engine.inspect import processes_in_pidns
+
+    res = jail.exec(["sh", "-c", "ls /proc"])
+    jail_rows, host_total = processes_in_pidns(jail.pid)
+    return res.returncode == 0, [w for w in res.stdout.split() if w.isdigit()], list(jail_rows), host_total
+
+
 def _mount_target(jail: Jail, what: str) -> tuple[str, str, str]:
     """fstype, target inside the jail, and the path the mount has in the
     jail's mountinfo, which shows mount points relative to the jail's root:
@@ -193,12 +203,8 @@ def default_checks() -> CheckRegistry:
     @reg.register("sees-only-jail-processes",
                   "`ps` inside the jail lists only the jail's processes, not the host's (needs proc mounted)")
     def sees_only_jail(jail: Jail) -> Verdict:
-        from jailshell.engine.inspect import processes_in_pidns
-
-        res = jail.exec(["sh", "-c", "ls /proc"])
-        visible = [w for w in res.stdout.split() if w.isdigit()]
-        jail_rows, host_total = processes_in_pidns(jail.pid)
-        ok = res.returncode == 0 and "1" in visible and len(visible) < host_total and \
+        listed, visible, jail_rows, host_total = _proc_in_jail(jail)
+        ok = listed and "1" in visible and len(visible) < host_total and \
             len(visible) <= len(jail_rows) + 3  # + the sh and ls of this check
         return Verdict(ok, f"the jail sees {len(visible)} processes, the host has {host_total}")
 
@@ -344,15 +350,11 @@ def default_checks() -> CheckRegistry:
     @reg.register("sees-host-processes",
                   "`ps` in the jail lists the host's processes too (no PID namespace of its own; needs proc mounted)")
     def sees_host(jail: Jail) -> Verdict:
-        from jailshell.engine.inspect import processes_in_pidns
-
-        res = jail.exec(["sh", "-c", "ls /proc"])
-        visible = [w for w in res.stdout.split() if w.isdigit()]
-        _rows, host_total = processes_in_pidns(jail.pid)
+        listed, visible, _rows, host_total = _proc_in_jail(jail)
         # This checking process is a host process outside the jail: seeing it
         # under its host PID means the jail's /proc is the host's PID namespace.
         me = str(os.getpid())
-        ok = res.returncode == 0 and me in visible
+        ok = listed and me in visible
         return Verdict(ok, f"the jail sees {len(visible)} processes (this checker, host PID {me}, "
                        + ("among them" if me in visible else "not among them") + f"); the host has {host_total}")
 

@@ -247,14 +247,13 @@ class ImageStore:
         # An import running now has put its layers there before its image.json
         # names them; a jail or container of a removed image may still have
         # them mounted as lowerdirs: both keep them.
-        importing = False
-        for d in self.root.glob(".staging-*") if self.root.is_dir() else []:
-            m = re.match(r"^\.staging-(\d+)-", d.name)
-            importing = importing or bool(m and _pid_alive(int(m.group(1))))
-        mounted = overlay_lowerdirs() if unused and not importing else set()
-        for d in unused if not importing else []:
-            if str(d) not in mounted:
-                report.add(f"layer directory {d.parent.name}:{d.name}", d)
+        stagers = (re.match(r"^\.staging-(\d+)-", d.name) for d in self.root.glob(".staging-*"))
+        importing = any(m and _pid_alive(int(m.group(1))) for m in stagers)
+        if unused and not importing:
+            mounted = overlay_lowerdirs()
+            for d in unused:
+                if str(d) not in mounted:
+                    report.add(f"layer directory {d.parent.name}:{d.name}", d)
         # commit() and remove() leave .old-TAG-PID / .rm-TAG-PID beside the tag
         # for an instant; staging() makes .staging-PID-* at the top.
         for d in sorted(self.root.glob(".staging-*")) if self.root.is_dir() else []:
